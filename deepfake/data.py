@@ -1,0 +1,217 @@
+"""Training data: folder layout, identity-aware splits and the face-crop cache.
+
+Layout: ``<root>/real/<source>/**`` and ``<root>/fake/<source>/**``. Every image goes through the
+engine's face detector and cropper once; crops (with a wider margin than inference, so training
+can jitter the framing) and their landmarks are cached as a memory-mapped array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from deepfake.errors import DeepfakeError
+from deepfake.faces import Face, FaceDetector, crop_face
+from deepfake.media import IMAGE_EXTENSIONS, load_image
+
+log = logging.getLogger(__name__)
+
+CACHE_MARGIN = 1.6
+CACHE_SIZE = 288
+LABELS = {"real": 0, "fake": 1}
+UTK_RACES = {"0": "white", "1": "black", "2": "asian", "3": "indian", "4": "other"}
+GENDERS = {"0": "male", "1": "female"}
+
+
+@dataclass
+class Record:
+    path: str
+    label: int  # 0 real, 1 fake
+    source: str  # first folder under real/ or fake/
+    identity: str  # files of one identity never straddle train and validation
+    gender: str = ""
+    group: str = ""  # ethnicity/race where the file name says
+
+
+def _demographics(source: str, path: Path) -> tuple[str, str]:
+    parts = path.stem.split("_")
+    if source == "utk" and len(parts) >= 4:
+        return GENDERS.get(parts[1], ""), UTK_RACES.get(parts[2], "")
+    if source == "gan" and len(parts) >= 3 and parts[0] in ("male", "female"):
+        return parts[0], parts[1]
+    return "", ""
+
+
+def scan(root: str | Path) -> list[Record]:
+    """Every image under real/ and fake/; identity = the person folder where there is one."""
+    root = Path(root)
+    records = []
+    for class_name, label in LABELS.items():
+        base = root / class_name
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                continue
+            relative = path.relative_to(base)
+            source = relative.parts[0] if len(relative.parts) > 1 else class_name
+            # A folder between the source and the file is a person (LFW); otherwise the file is.
+            identity = "/".join(relative.parts[:-1]) if len(relative.parts) > 2 else str(relative)
+            gender, group = _demographics(source, path)
+            records.append(Record(str(path), label, source, f"{class_name}/{identity}", gender, group))
+    if not records:
+        raise FileNotFoundError(f"No images under {root}/real or {root}/fake.")
+    return records
+
+
+def _dhash(image: np.ndarray) -> str:
+    gray = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA)
+    return np.packbits(gray[:, 1:] > gray[:, :-1]).tobytes().hex()
+
+
+def assign_splits(records: list[Record], hashes: list[str], val_fraction: float, seed: int) -> np.ndarray:
+    """True where a record is in validation. Identities and near-duplicates (same difference
+    hash) are kept together with a union-find, then whole groups go to one side."""
+    parent = list(range(len(records)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[str, int] = {}
+    for i, key in enumerate([r.identity for r in records] + hashes):
+        j = first_seen.setdefault(f"{i >= len(records)}:{key}", i % len(records))
+        parent[find(i % len(records))] = find(j)
+    is_val = np.zeros(len(records), dtype=bool)
+    for i in range(len(records)):
+        digest = hashlib.sha256(f"{seed}:{records[find(i)].identity}".encode()).digest()
+        is_val[i] = int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+    return is_val
+
+
+def _main_face(faces: list[Face], shape: tuple[int, int]) -> Face | None:
+    """The subject: large and near the centre (LFW photos hold bystanders too)."""
+    if not faces:
+        return None
+    cy, cx = shape[0] / 2, shape[1] / 2
+
+    def badness(f: Face) -> float:
+        fx, fy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+        return np.hypot(fx - cx, fy - cy) / max(shape) - f.size / max(shape)
+
+    return min(faces, key=badness)
+
+
+@dataclass
+class CropCache:
+    """Memory-mapped face crops at CACHE_SIZE with landmarks in crop coordinates."""
+
+    crops: np.ndarray  # (N, S, S, 3) uint8
+    landmarks: np.ndarray  # (N, 5, 2) float32
+    records: list[Record]
+    is_val: np.ndarray
+    face_found: np.ndarray
+    failed: list[dict]  # unreadable files: path and reason
+
+    @classmethod
+    def open(cls, folder: str | Path) -> CropCache:
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = np.load(folder / "arrays.npz")
+        return cls(
+            crops=np.load(folder / "crops.npy", mmap_mode="r"),
+            landmarks=arrays["landmarks"],
+            records=[Record(**r) for r in meta["records"]],
+            is_val=arrays["is_val"],
+            face_found=arrays["face_found"],
+            failed=meta["failed"],
+        )
+
+
+def build_cache(
+    root: str | Path,
+    folder: str | Path,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+    batch: int = 32,
+) -> CropCache:
+    """Detect, crop and cache every image once; resumable file by file is not needed (minutes)."""
+    folder = Path(folder)
+    if (folder / "meta.json").exists():
+        return CropCache.open(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = scan(root)
+    detector = FaceDetector(device=device)
+    tmp = folder / "crops.npy.part"
+    crops = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), CACHE_SIZE, CACHE_SIZE, 3))
+    landmarks = np.zeros((len(records), 5, 2), np.float32)
+    face_found = np.zeros(len(records), bool)
+    hashes = [""] * len(records)
+    keep = np.ones(len(records), bool)
+    failed = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        by_shape: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        for item in pending:
+            by_shape.setdefault(item[1].shape, []).append(item)
+        for items in by_shape.values():
+            found = detector.detect_batch([im for _, im in items])
+            for (i, image), faces in zip(items, found):
+                face = _main_face(faces, image.shape[:2])
+                box = face.box if face else (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
+                crop = crop_face(image, box, CACHE_MARGIN if face else 1.0, CACHE_SIZE)
+                crops[i] = crop.pixels
+                if face:
+                    landmarks[i] = crop.landmarks_in_crop(face.landmarks)
+                face_found[i] = face is not None
+                hashes[i] = _dhash(crop.pixels)
+        pending.clear()
+
+    for i, record in enumerate(tqdm(records, desc="Detecting and cropping faces", unit="img")):
+        try:
+            pending.append((i, load_image(record.path)))
+        except DeepfakeError as exc:
+            failed.append({"path": record.path, "reason": exc.message})
+            keep[i] = False
+        if len(pending) >= batch:
+            flush()
+    flush()
+    crops.flush()
+    tmp.replace(folder / "crops.npy")
+    hashes = [h or f"missing:{i}" for i, h in enumerate(hashes)]
+    is_val = assign_splits(records, hashes, val_fraction, seed)
+    is_val[~keep] = False
+    np.savez(folder / "arrays.npz", landmarks=landmarks, is_val=is_val, face_found=face_found & keep)
+    (folder / "meta.json").write_text(json.dumps({
+        "root": str(root), "margin": CACHE_MARGIN, "size": CACHE_SIZE, "seed": seed,
+        "val_fraction": val_fraction, "records": [asdict(r) for r in records], "failed": failed,
+    }))  # fmt: skip
+    log.info("cached %d crops, %d without a face, %d unreadable", len(records), int((~face_found).sum()), len(failed))
+    return CropCache.open(folder)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the face-crop cache for training.")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    cache = build_cache(args.data, args.cache, val_fraction=args.val_fraction, seed=args.seed)
+    print(f"{len(cache.records)} images, {int(cache.is_val.sum())} in validation, "
+          f"{int((~cache.face_found).sum())} without a face, {len(cache.failed)} unreadable")

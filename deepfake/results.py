@@ -1,0 +1,256 @@
+"""The one result type that the app, the API, the CLI and the exports share.
+
+Results are dataclasses with ``to_dict()`` (JSON-safe) and dict-style access to the same keys.
+Pixel data (the decoded image, face crops, CAMs) rides along for rendering but is never
+serialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from explainability.explanation_builder import SuspiciousRegion
+
+REAL, FAKE, NO_FACE = "REAL", "FAKE", "NO FACE"
+
+# The history/export schema: one row per analysed file, shared by the dashboard, API and CLI.
+HISTORY_COLUMNS = (
+    "analyzed_at", "file_name", "sha256", "media_type", "verdict", "classification", "fake_probability",
+    "confidence", "threshold", "faces", "frames", "model_name", "model_version", "duration_ms", "error",
+)  # fmt: skip
+
+
+def classify(probability: float, threshold: float) -> str:
+    return FAKE if probability >= threshold else REAL
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage."""
+
+    decode_ms: float = 0.0
+    faces_ms: float = 0.0
+    model_ms: float = 0.0
+    explanation_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: round(float(v), 1) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class FaceResult:
+    """One scored face (or the whole image when no face was found)."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray | None
+    detector_score: float
+    fake_probability: float
+    suspicious_regions: list[SuspiciousRegion] = field(default_factory=list)
+    explanation: str = ""
+    whole_image: bool = False
+    crop: np.ndarray | None = field(default=None, repr=False)
+    crop_to_image: np.ndarray | None = field(default=None, repr=False)
+    cam: np.ndarray | None = field(default=None, repr=False)  # in crop coordinates, 0..1
+
+    def to_dict(self) -> dict:
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "landmarks": None
+            if self.landmarks is None
+            else [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+            "detector_score": round(float(self.detector_score), 4),
+            "fake_probability": round(float(self.fake_probability), 6),
+            "whole_image": self.whole_image,
+            "suspicious_regions": [r.to_dict() for r in self.suspicious_regions],
+            "explanation": self.explanation,
+        }
+
+
+class _Mapping:
+    """Dict-style read access to a result's JSON keys (``result["classification"]``)."""
+
+    def to_dict(self) -> dict:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+    def keys(self):
+        return self.to_dict().keys()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()
+
+
+@dataclass
+class AnalysisResult(_Mapping):
+    """What image and video results have in common."""
+
+    source: str
+    sha256: str
+    width: int
+    height: int
+    fake_probability: float
+    threshold: float
+    face_found: bool
+    model_name: str
+    model_version: str
+    timings: Timings
+    explanation: str = ""
+    heatmap_overlay_path: str | None = None
+    cam_method: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    analyzed_at: str = field(default_factory=now_iso)
+
+    media_type = "image"
+
+    @property
+    def classification(self) -> str:
+        return classify(self.fake_probability, self.threshold)
+
+    @property
+    def confidence(self) -> float:
+        return self.fake_probability if self.classification == FAKE else 1.0 - self.fake_probability
+
+    @property
+    def verdict(self) -> str:
+        """What a badge shows: REAL, FAKE, or NO FACE when the score is for the whole image."""
+        return self.classification if self.face_found else NO_FACE
+
+    def _common_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "media_type": self.media_type,
+            "sha256": self.sha256,
+            "width": self.width,
+            "height": self.height,
+            "classification": self.classification,
+            "verdict": self.verdict,
+            "fake_probability": round(float(self.fake_probability), 6),
+            "confidence": round(float(self.confidence), 6),
+            "threshold": float(self.threshold),
+            "face_found": self.face_found,
+            "explanation": self.explanation,
+            "heatmap_overlay_path": self.heatmap_overlay_path,
+            "cam_method": self.cam_method,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "timings": self.timings.to_dict(),
+            "warnings": list(self.warnings),
+            "analyzed_at": self.analyzed_at,
+        }
+
+    def history_row(self) -> dict:
+        """One row of the shared history/export schema (see HISTORY_COLUMNS)."""
+        return {
+            "analyzed_at": self.analyzed_at,
+            "file_name": self.source,
+            "sha256": self.sha256,
+            "media_type": self.media_type,
+            "verdict": self.verdict,
+            "classification": self.classification,
+            "fake_probability": round(float(self.fake_probability), 6),
+            "confidence": round(float(self.confidence), 6),
+            "threshold": float(self.threshold),
+            "faces": self.face_count,
+            "frames": self.frame_count,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "duration_ms": round(float(self.timings.total_ms), 1),
+            "error": "",
+        }
+
+    @property
+    def face_count(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def frame_count(self) -> int:
+        return 0
+
+
+@dataclass
+class DetectionResult(AnalysisResult):
+    faces: list[FaceResult] = field(default_factory=list)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    media_type = "image"
+
+    @property
+    def face_count(self) -> int:
+        return sum(not f.whole_image for f in self.faces)
+
+    def to_dict(self) -> dict:
+        return {**self._common_dict(), "face_count": self.face_count, "faces": [f.to_dict() for f in self.faces]}
+
+
+@dataclass
+class FrameResult:
+    """One sampled video frame: its faces and its score (the highest face)."""
+
+    index: int
+    time_s: float
+    fake_probability: float
+    face_found: bool
+    faces: list[FaceResult] = field(default_factory=list)
+    heatmap_overlay_path: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "index": int(self.index),
+            "time_s": round(float(self.time_s), 3),
+            "fake_probability": round(float(self.fake_probability), 6),
+            "face_found": self.face_found,
+            "face_probabilities": [round(float(f.fake_probability), 6) for f in self.faces if not f.whole_image],
+            "faces": [f.to_dict() for f in self.faces],
+            "heatmap_overlay_path": self.heatmap_overlay_path,
+        }
+
+
+@dataclass
+class VideoResult(AnalysisResult):
+    fps: float = 0.0
+    duration_s: float = 0.0
+    aggregation: dict = field(default_factory=dict)
+    timeline: list[FrameResult] = field(default_factory=list)
+    suspicious_frames: list[int] = field(default_factory=list)  # positions in ``timeline``, most suspicious first
+    annotated_video_path: str | None = None
+
+    media_type = "video"
+
+    @property
+    def face_count(self) -> int:
+        """Most faces seen in one sampled frame."""
+        return max((sum(not f.whole_image for f in fr.faces) for fr in self.timeline), default=0)
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.timeline)
+
+    def to_dict(self) -> dict:
+        return {
+            **self._common_dict(),
+            "fps": round(float(self.fps), 3),
+            "duration_s": round(float(self.duration_s), 3),
+            "frames_analyzed": self.frame_count,
+            "face_count": self.face_count,
+            "aggregation": self.aggregation,
+            "timeline": [fr.to_dict() for fr in self.timeline],
+            "suspicious_frames": [self.timeline[i].index for i in self.suspicious_frames],
+            "annotated_video_path": self.annotated_video_path,
+        }
+
