@@ -8,6 +8,7 @@ Accepted: our checkpoint (a dict with ``state_dict``, ``arch``, ``config`` ...),
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -60,16 +61,18 @@ def save_checkpoint(
     extra: dict | None = None,
 ) -> None:
     """Write our checkpoint format: plain tensors and builtins only, so it loads with weights_only."""
+    plain = json.loads(json.dumps({"metrics": metrics or {}, "trained_on": trained_on or [], "extra": extra or {}},
+                                  default=lambda v: v.item() if hasattr(v, "item") else str(v)))  # fmt: skip
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "arch": config.arch,
         "config": config.to_dict(),
         "threshold": float(threshold),
         "temperature": float(temperature),
-        "metrics": metrics or {},
-        "trained_on": trained_on or [],
+        "metrics": plain["metrics"],
+        "trained_on": plain["trained_on"],
         "version": version,
-        **(extra or {}),
+        **plain["extra"],
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,8 @@ def _load_pickled(path: Path, arch: str | None, device, trust_pickle: bool) -> L
             payload = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as inner:  # noqa: BLE001
             raise CorruptModelError(f"{path.name} could not be unpickled ({inner}).") from inner
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - the unpickler fails on garbage with any kind of error
+        # (KeyError, IndexError, struct.error ...); none of them should escape untyped.
         raise CorruptModelError(
             f"{path.name} is not a readable PyTorch model file; it may be truncated ({exc})."
         ) from exc

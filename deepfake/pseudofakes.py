@@ -5,6 +5,10 @@ frame. Making such blends from real photos teaches the model the traces blending
 (boundaries, colour and sharpness mismatches) rather than one generator's fingerprint
 (after Shiohara & Yamasaki, "Self-Blended Images", CVPR 2022).
 
+A third kind, *resynthesis*, imitates what a generator leaves on a whole face: skin texture
+smoothed away while edges stay sharp, and the periodic traces of learned upsampling
+(after Zhang et al., "Detecting and Simulating Artifacts in GAN Fake Images", 2019).
+
 Every generator returns ``(image, mask)``: pixels change only where ``mask > 0``.
 """
 
@@ -173,3 +177,49 @@ def part_swap(
     mask = soften(hard, rng, ocular)
     source = _match_colour(warped, image, hard.astype(np.float32))
     return PseudoFake(_blend(image, source, mask), mask, "part_swap", part)
+
+
+def _upsample_like_a_decoder(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Down by 2, then up by zero insertion and a random 3x3 kernel: a transposed convolution's
+    checkerboard, which bilinear or bicubic resampling (used on both classes) never makes."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    up = np.zeros((h // 2 * 2, w // 2 * 2, 3), np.float32)
+    up[::2, ::2] = small
+    # A bilinear kernel (each of the 4 phases sums to 1) perturbed so the phases' gains differ a
+    # little, as a learned kernel's do: a faint periodic pattern, not a visible grid.
+    kernel = np.outer([0.5, 1.0, 0.5], [0.5, 1.0, 0.5]).astype(np.float32)
+    kernel *= rng.uniform(1 - 0.25, 1 + 0.25, (3, 3)).astype(np.float32)
+    up = cv2.filter2D(up, -1, kernel, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(up, (w, h), interpolation=cv2.INTER_NEAREST) if up.shape[:2] != (h, w) else up
+
+
+def resynthesize(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> PseudoFake:
+    """The face (or the whole crop) re-rendered: edge-preserving smoothing and decoder upsampling."""
+    out = image.astype(np.float32)
+    if rng.random() < 0.8:
+        d = int(rng.choice([5, 7, 9]))
+        out = cv2.bilateralFilter(out, d, float(rng.uniform(15, 50)), float(rng.uniform(3, 8)))
+    if rng.random() < 0.6:
+        out = _upsample_like_a_decoder(out, rng)
+    out = np.clip(out, 0, 255)
+    if rng.random() < 0.35:
+        mask = np.ones(image.shape[:2], np.float32)  # fully generated images have no boundary
+        part = "all"
+    else:
+        part = "face"
+        hard = region_mask(image.shape[:2], landmarks, part, rng)
+        mask = soften(hard, rng, _geometry(landmarks)[3])
+        mask = np.maximum(mask, hard * 0.9)  # mostly full strength: the whole face is rendered
+    return PseudoFake(_blend(image, out, mask), mask, "resynthesis", part)
+
+
+def make_pseudo_fake(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+                     donor: tuple[np.ndarray, np.ndarray] | None = None) -> PseudoFake:  # fmt: skip
+    """One pseudo-fake of a random kind: self-blend, part swap (needs a donor face) or resynthesis."""
+    choice = rng.random()
+    if choice < 0.3:
+        return resynthesize(image, landmarks, rng)
+    if choice < 0.6 and donor is not None:
+        return part_swap(image, landmarks, donor[0], donor[1], rng)
+    return self_blend(image, landmarks, rng)

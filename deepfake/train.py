@@ -29,7 +29,7 @@ from deepfake.engine import select_device
 from deepfake.loading import DEFAULT_THRESHOLD, load_model, save_checkpoint
 from deepfake.metrics import expected_calibration_error, fit_temperature, roc_auc
 from deepfake.model import ModelConfig, create_model
-from deepfake.pseudofakes import part_swap, self_blend
+from deepfake.pseudofakes import make_pseudo_fake
 
 log = logging.getLogger("deepfake.train")
 
@@ -77,13 +77,9 @@ class FaceTrainingSet(Dataset):
         rng = np.random.default_rng((self.config.seed, self.epoch if self.train else 10_000, index, kind == "pseudo"))
         crop = np.asarray(self.cache.crops[index])
         if kind == "pseudo":
-            landmarks = self.cache.landmarks[index]
-            if rng.random() < 0.5:
-                crop = self_blend(crop, landmarks, rng).image
-            else:
-                donor = int(rng.choice(self.donors))
-                donor_crop = np.asarray(self.cache.crops[donor])
-                crop = part_swap(crop, landmarks, donor_crop, self.cache.landmarks[donor], rng).image
+            donor = int(rng.choice(self.donors))
+            donor_face = (np.asarray(self.cache.crops[donor]), self.cache.landmarks[donor])
+            crop = make_pseudo_fake(crop, self.cache.landmarks[index], rng, donor_face).image
         crop = frame_crop(crop, self.config.face_margin, self.config.input_size, rng if self.train else None)
         if self.train:
             crop = degrade(crop, rng)
@@ -236,7 +232,7 @@ def train(config: TrainConfig) -> dict:
     metrics = {
         **{k: round(float(v), 5) for k, v in val.items()},
         "ece_trained_kinds": round(expected_calibration_error(labels[fitted], probs[fitted]), 5),
-        "validation_counts": {k: int((kind_of == k).sum()) for k in np.unique(kind_of)},
+        "validation_counts": {str(k): int((kind_of == k).sum()) for k in np.unique(kind_of)},
         "history": history,
         "protocol": "identity-disjoint validation split (LFW by person, near-duplicates grouped); "
                     "AUC of held-out real faces against each kind of fake",

@@ -1,0 +1,124 @@
+"""Per-stage speed of the engine: a 1-megapixel photo and a 10 s 720p clip at 32 frames.
+
+    python benchmarks/bench_engine.py [--model models/image_model.pth] [--runs 15]
+
+Prints medians and writes the engine section of reports/BENCHMARKS.md. Inputs are made here:
+the bundled Grace Hopper photo scaled to 1 MP, and a clip written with PyAV in which that face
+drifts over a textured background (H.264, 25 fps, keyframe every 250 frames as x264's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+from matplotlib import cbook
+
+from deepfake import DetectionEngine, ImageDeepfakeDetector, VideoDeepfakeDetector
+from deepfake.media import load_image
+
+REPORT = Path(__file__).resolve().parent.parent / "reports" / "BENCHMARKS.md"
+STAGES = ("decode_ms", "faces_ms", "model_ms", "explanation_ms", "total_ms")
+
+
+def photo_1mp() -> bytes:
+    face = load_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    scale = (1_000_000 / (face.shape[0] * face.shape[1])) ** 0.5
+    image = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return data.tobytes()
+
+
+def clip_720p(seconds: int = 10, fps: int = 25) -> bytes:
+    face = load_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    face = cv2.resize(face, (300, 352))
+    rng = np.random.default_rng(0)
+    background = cv2.GaussianBlur(rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8), (0, 0), 6)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(seconds * fps):
+            frame = background.copy()
+            x = 200 + int(600 * i / (seconds * fps))
+            y = 180 + int(40 * np.sin(i / 10))
+            frame[y : y + 352, x : x + 300] = face
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def medians(timings: list[dict]) -> dict:
+    return {stage: statistics.median(t[stage] for t in timings) for stage in STAGES}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model")
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--video-runs", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    engine = DetectionEngine.load(args.model, device="cpu")
+    photo, clip = photo_1mp(), clip_720p()
+    with tempfile.TemporaryDirectory() as out:
+        images = ImageDeepfakeDetector(engine=engine, output_dir=out)
+        videos = VideoDeepfakeDetector(engine=engine, output_dir=out)
+        for _ in range(3):  # warm-up: first calls allocate and pick kernels
+            images.detect(photo, name="photo.jpg")
+        photo_runs = [images.detect(photo, name="photo.jpg").timings.to_dict() for _ in range(args.runs)]
+        videos.detect(clip, name="clip.mp4", num_frames=32)
+        video_runs = []
+        for _ in range(args.video_runs):
+            started = time.perf_counter()
+            result = videos.detect(clip, name="clip.mp4", num_frames=32)
+            video_runs.append({**result.timings.to_dict(), "wall_ms": (time.perf_counter() - started) * 1e3})
+        faces_found = sum(fr.face_found for fr in result.timeline)
+
+    photo_med, video_med = medians(photo_runs), medians(video_runs)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "## Engine (benchmarks/bench_engine.py)", "",
+        f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only. "
+        f"Model: {engine.model.name} {engine.model.version}. Medians of {args.runs} photo runs and {args.video_runs} "
+        "video runs after warm-up.", "",
+        "| input | decode | faces | model | explanation | total | target |", "|---|---|---|---|---|---|---|",
+        "| photo 1 MP JPEG ({}x{}), Grad-CAM + overlay PNG | {} | {} | {} | {} | **{}** | ≤ 150 ms |".format(
+            *cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR).shape[1::-1],
+            *(f"{photo_med[s]:.0f} ms" for s in STAGES)),
+        "| clip 10 s 720p H.264, 32 frames, 3 heatmaps | {} | {} | {} | {} | **{}** | ≤ 4 s |".format(
+            *(f"{video_med[s] / 1000:.2f} s" for s in STAGES)),
+        "", f"Faces were found in {faces_found} of {len(result.timeline)} sampled frames.", "",
+    ]  # fmt: skip
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        REPORT.parent.mkdir(exist_ok=True)
+        existing = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n\n"
+        start = existing.find("## Engine (")
+        if start >= 0:
+            end = existing.find("\n## ", start + 1)
+            existing = existing[:start] + existing[end + 1 :] if end >= 0 else existing[:start]
+        REPORT.write_text(existing.rstrip() + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

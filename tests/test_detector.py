@@ -1,0 +1,223 @@
+"""The image detector's API contract."""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfake import DetectionResult, ImageDeepfakeDetector
+from deepfake.errors import ModelNotFoundError
+from deepfake.results import HISTORY_COLUMNS
+
+TIMING_KEYS = {"decode_ms", "faces_ms", "model_ms", "explanation_ms", "total_ms"}
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("overlays")
+
+
+@pytest.fixture(scope="module")
+def detector(engine, out_dir):
+    return ImageDeepfakeDetector(engine=engine, output_dir=out_dir)
+
+
+@pytest.fixture(scope="module")
+def hopper_result(detector, hopper_path) -> DetectionResult:
+    return detector.detect(hopper_path)
+
+
+@pytest.fixture(scope="module")
+def gradient_image() -> np.ndarray:
+    ramp = np.linspace(0, 255, 160, dtype=np.float32)
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[..., 0] = ramp[None, :]
+    image[..., 1] = ramp[:120, None]
+    image[..., 2] = 90
+    return image
+
+
+def test_contract(detector, hopper_result, hopper_rgb, out_dir):
+    result = hopper_result
+    assert detector.threshold == pytest.approx(0.6)  # the model's threshold by default
+    assert result["threshold"] == pytest.approx(0.6)
+    probability = result["fake_probability"]
+    assert 0.0 <= probability <= 1.0
+    assert result["classification"] in ("REAL", "FAKE")
+    assert (result["classification"] == "FAKE") == (probability >= result["threshold"])
+    expected_confidence = probability if result["classification"] == "FAKE" else 1 - probability
+    assert result["confidence"] == pytest.approx(expected_confidence, abs=1e-6)
+    assert result["source"] == "grace_hopper.jpg" and result["width"] == 512 and result["height"] == 600
+    assert result["face_found"] and result["verdict"] == result["classification"] and result["face_count"] == 1
+    assert result["model_name"] == "efficientnet_lite0-deepfake" and result["model_version"] == "test"
+    assert result["cam_method"] == "gradcam" and result["explanation"]
+
+    overlay = Path(result["heatmap_overlay_path"])
+    assert overlay.parent == out_dir and overlay.suffix == ".png" and overlay.is_file()
+    with Image.open(overlay) as png:
+        assert png.format == "PNG" and png.size == (512, 600) and png.mode == "RGB"
+        heat = np.asarray(png)
+    assert not np.array_equal(heat, hopper_rgb)  # the heatmap is painted over the face
+
+    face = result.faces[0]
+    assert len(face.box) == 4 and face.landmarks.shape == (5, 2)
+    assert face.detector_score > 0.9 and not face.whole_image
+    assert result["fake_probability"] == pytest.approx(max(f.fake_probability for f in result.faces), abs=1e-6)
+    assert face.cam is not None and face.cam.shape == (224, 224) and 0 <= face.cam.min() <= face.cam.max() <= 1
+    face_dict = result["faces"][0]
+    assert {"box", "landmarks", "detector_score", "fake_probability", "suspicious_regions", "explanation"} <= set(
+        face_dict
+    )
+    assert len(face_dict["landmarks"]) == 5
+
+
+def test_to_dict_is_json(hopper_result):
+    data = hopper_result.to_dict()
+    text = json.dumps(data)
+    assert json.loads(text) == data
+    assert set(data["timings"]) == TIMING_KEYS
+    assert all(v >= 0 for v in data["timings"].values())
+    assert data["timings"]["total_ms"] >= data["timings"]["faces_ms"]
+    assert "image" not in data and "crop" not in data["faces"][0]
+    assert "classification" in hopper_result and hopper_result.get("nope", 7) == 7
+    assert set(hopper_result.history_row()) == set(HISTORY_COLUMNS)
+
+
+def test_explain_false(detector, hopper_rgb):
+    result = detector.detect(hopper_rgb, explain=False)
+    assert result["heatmap_overlay_path"] is None and result["cam_method"] is None
+    assert result.warnings == [] and result.faces[0].cam is None
+    assert result.faces[0].explanation  # the sentence is still there
+
+
+def test_every_source_type_gives_the_same_score(detector, hopper_path, hopper_jpeg_bytes, hopper_rgb, hopper_result):
+    from_bytes = detector.detect(hopper_jpeg_bytes, explain=False)
+    with Image.open(hopper_path) as pil:
+        from_pil = detector.detect(pil, explain=False)
+    from_array = detector.detect(hopper_rgb.copy(), explain=False)
+    for result in (from_bytes, from_pil, from_array):
+        assert result["fake_probability"] == pytest.approx(hopper_result["fake_probability"], abs=1e-4)
+        assert len(result.faces) == 1
+        np.testing.assert_allclose(result.faces[0].box, hopper_result.faces[0].box, atol=1e-3)
+    assert from_bytes["sha256"] == hopper_result["sha256"]  # the file's bytes either way
+    assert from_pil["sha256"] == from_array["sha256"]  # the same pixels
+    assert from_bytes["source"] == "upload" and from_array["source"] == "image"
+    assert detector.detect(hopper_jpeg_bytes, explain=False, name="mine.jpg")["source"] == "mine.jpg"
+
+
+def test_no_face_scores_the_whole_image(detector, gradient_image, tmp_path):
+    result = detector.detect(gradient_image, output_dir=tmp_path)
+    assert result["face_found"] is False and result["verdict"] == "NO FACE" and result["face_count"] == 0
+    assert len(result.faces) == 1 and result.faces[0].whole_image and result["faces"][0]["whole_image"] is True
+    assert result.faces[0].box == (0.0, 0.0, 160.0, 120.0) and result.faces[0].landmarks is None
+    assert any("no face" in w.lower() for w in result.warnings)
+    assert result["classification"] in ("REAL", "FAKE")
+    assert Path(result["heatmap_overlay_path"]).parent == tmp_path  # a per-call output_dir wins
+    with Image.open(result["heatmap_overlay_path"]) as png:
+        assert png.size == (160, 120)
+
+
+def test_threshold_zero_means_fake_with_regions(detector, hopper_rgb, astronaut_rgb):
+    for image in (hopper_rgb, astronaut_rgb):
+        result = detector.detect(image, threshold=0.0)
+        assert result["classification"] == "FAKE" and result["threshold"] == 0.0
+        assert result["confidence"] == pytest.approx(result["fake_probability"], abs=1e-6)
+        for face in result.faces:
+            assert face.suspicious_regions, "a FAKE face must show where the model looked"
+            x1, y1, x2, y2 = face.suspicious_regions[0].box
+            assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0]
+            assert face.suspicious_regions[0].parts  # named after face parts
+        assert "Manipulation traces" in result["explanation"]
+
+
+def test_threshold_one_means_real_without_regions(detector, hopper_rgb):
+    result = detector.detect(hopper_rgb, threshold=1.0)
+    assert result["fake_probability"] < 1.0
+    assert result["classification"] == "REAL"
+    assert result["confidence"] == pytest.approx(1 - result["fake_probability"], abs=1e-6)
+    assert all(face.suspicious_regions == [] for face in result.faces)
+    assert result["heatmap_overlay_path"] is not None  # the heatmap is still drawn, without boxes
+
+
+def test_detector_threshold_is_the_default_for_detect(engine, hopper_rgb):
+    strict = ImageDeepfakeDetector(engine=engine, threshold=0.0)
+    assert strict.detect(hopper_rgb, explain=False)["classification"] == "FAKE"
+    assert strict.detect(hopper_rgb, explain=False, threshold=1.0)["classification"] == "REAL"
+
+
+def test_rejudge(detector, hopper_result):
+    before = hopper_result.to_dict()
+    fake = detector.rejudge(hopper_result, 0.0)
+    assert fake["classification"] == "FAKE" and fake["threshold"] == 0.0
+    assert fake.faces[0].suspicious_regions and fake["explanation"] != ""
+    assert fake["fake_probability"] == hopper_result["fake_probability"]
+    real = detector.rejudge(fake, 1.0)
+    assert real["classification"] == "REAL" and real.faces[0].suspicious_regions == []
+    assert hopper_result.to_dict() == before  # the original result is left as it was
+
+
+def test_gradcam_plus_plus(engine, hopper_rgb, tmp_path):
+    detector = ImageDeepfakeDetector(engine=engine, cam_method="gradcam++", output_dir=tmp_path)
+    result = detector.detect(hopper_rgb, threshold=0.0)
+    assert result["cam_method"] == "gradcam++"
+    assert Path(result["heatmap_overlay_path"]).is_file()
+    assert result.faces[0].cam is not None and result.faces[0].cam.max() > result.faces[0].cam.min()
+    assert detector.detect(hopper_rgb, cam_method="gradcam", explain=False)["cam_method"] is None
+
+
+def test_unknown_cam_method(engine, detector, hopper_rgb):
+    with pytest.raises(ValueError, match="scorecam"):
+        ImageDeepfakeDetector(engine=engine, cam_method="scorecam")
+    with pytest.raises(ValueError, match="gradcam"):
+        detector.detect(hopper_rgb, cam_method="scorecam")
+
+
+def test_default_model_missing(monkeypatch, tmp_path):
+    import deepfake.loading
+
+    monkeypatch.setattr(deepfake.loading, "DEFAULT_MODEL_PATH", tmp_path / "models" / "image_model.pth")
+    with pytest.raises(ModelNotFoundError) as excinfo:
+        ImageDeepfakeDetector()
+    message = str(excinfo.value)
+    assert "train" in message.lower() and "image_model.pth" in message
+
+
+def test_temporary_output_folder_goes_with_the_detector(engine, hopper_rgb, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    detector = ImageDeepfakeDetector(engine=engine)
+    overlay = Path(detector.detect(hopper_rgb)["heatmap_overlay_path"])
+    assert overlay.is_file() and overlay.parent.parent == tmp_path and overlay.parent.name.startswith("deepfake-")
+    del detector
+    gc.collect()
+    assert not overlay.parent.exists()
+
+
+def test_concurrent_calls_match_sequential(detector, hopper_rgb, astronaut_rgb, tmp_path):
+    images = [hopper_rgb, astronaut_rgb, hopper_rgb, astronaut_rgb]
+    sequential = [detector.detect(image, output_dir=tmp_path) for image in images[:2]] * 2
+    barrier = threading.Barrier(len(images))
+
+    def run(image):
+        barrier.wait()
+        return detector.detect(image, output_dir=tmp_path)
+
+    with ThreadPoolExecutor(len(images)) as pool:
+        concurrent = list(pool.map(run, images))
+    for alone, together in zip(sequential, concurrent):
+        assert together["fake_probability"] == pytest.approx(alone["fake_probability"], abs=1e-5)
+        assert [f.fake_probability for f in together.faces] == pytest.approx(
+            [f.fake_probability for f in alone.faces], abs=1e-5
+        )
+        for a, b in zip(alone.faces, together.faces):
+            np.testing.assert_allclose(a.cam, b.cam, atol=1e-4)  # no hook saw another request
+    assert concurrent[0]["sha256"] != concurrent[1]["sha256"]
+    # The random model is not constant, so a mix-up between requests would show.
+    assert abs(concurrent[0]["fake_probability"] - concurrent[1]["fake_probability"]) > 1e-3

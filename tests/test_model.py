@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepfake.errors import UnknownArchitectureError
+from deepfake.model import ModelConfig, cam_layer, create_model, default_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("efficientnet_lite0").eval()
+
+
+def test_output_shape(model):
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 224, 224)).shape == (2, 1)
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1)
+        assert model(torch.randn(1, 3, 97, 131)).shape == (1, 1)  # odd sizes: SAME padding copes
+
+
+def test_num_outputs():
+    assert create_model("efficientnet_lite0", num_outputs=3).classifier.out_features == 3
+
+
+def test_cam_layer_is_inside_the_model(model):
+    layer = cam_layer(model)
+    assert layer is model.cam_layer
+    assert any(layer is m for m in model.modules())
+    seen = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, 3, 224, 224))
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([1, 192, 7, 7])]  # the last residual stage, 7x7 at 224 px
+    assert cam_layer(torch.nn.Linear(2, 1)) is None
+
+
+def test_unknown_architecture():
+    with pytest.raises(UnknownArchitectureError) as excinfo:
+        create_model("resnet9000")
+    assert "resnet9000" in str(excinfo.value) and "efficientnet_lite0" in str(excinfo.value)
+
+
+def test_config_round_trip():
+    config = ModelConfig(
+        "efficientnet_lite0",
+        input_size=192,
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.2, 0.25),
+        face_margin=1.5,
+        extra={"epochs": 3},
+    )
+    data = config.to_dict()
+    assert data["mean"] == (0.5, 0.4, 0.3) and data["face_margin"] == 1.5
+    assert ModelConfig.from_dict(data) == config
+    # JSON turns tuples into lists; unknown keys from newer versions are ignored.
+    as_json = {**data, "mean": list(data["mean"]), "std": list(data["std"]), "future_key": 1}
+    assert ModelConfig.from_dict(as_json) == config
+    assert default_config("efficientnet_lite0") == ModelConfig("efficientnet_lite0")
+    assert default_config("efficientnet_lite0").input_size == 224
+
+
+def test_eval_is_deterministic(model):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
