@@ -197,10 +197,11 @@ def _upsample_like_a_decoder(image: np.ndarray, rng: np.random.Generator) -> np.
 def resynthesize(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> PseudoFake:
     """The face (or the whole crop) re-rendered: edge-preserving smoothing and decoder upsampling."""
     out = image.astype(np.float32)
-    if rng.random() < 0.8:
+    smooth = rng.random() < 0.8
+    if smooth:
         d = int(rng.choice([5, 7, 9]))
         out = cv2.bilateralFilter(out, d, float(rng.uniform(15, 50)), float(rng.uniform(3, 8)))
-    if rng.random() < 0.6:
+    if rng.random() < 0.6 or not smooth:
         out = _upsample_like_a_decoder(out, rng)
     out = np.clip(out, 0, 255)
     if rng.random() < 0.35:
@@ -210,7 +211,7 @@ def resynthesize(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Genera
         part = "face"
         hard = region_mask(image.shape[:2], landmarks, part, rng)
         mask = soften(hard, rng, _geometry(landmarks)[3])
-        mask = np.maximum(mask, hard * 0.9)  # mostly full strength: the whole face is rendered
+        mask = np.maximum(mask, hard * np.float32(0.9))  # mostly full strength: the whole face is rendered
     return PseudoFake(_blend(image, out, mask), mask, "resynthesis", part)
 
 

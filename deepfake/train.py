@@ -270,9 +270,18 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     log_path = Path(config.out).with_suffix(".log")  # next to the checkpoint it describes
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(log_path)])  # fmt: skip
-    train(config)
+    handlers = [logging.StreamHandler(), logging.FileHandler(log_path)]
+    logger = logging.getLogger("deepfake")
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    try:
+        train(config)
+    finally:  # callers in the same process (tests, notebooks) must not inherit our handlers
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
 
 
 if __name__ == "__main__":
