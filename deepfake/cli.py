@@ -1,0 +1,368 @@
+"""Command line: ``python -m deepfake {detect,scan,serve,dashboard,train,evaluate} ...``.
+
+``scan`` analyses folders of images and videos with one shared engine and writes the export
+schema the dashboard uses (CSV and JSON); one bad file is reported and skipped. Exit codes:
+0 all files read, 1 some failed, 2 nothing could be done (bad arguments, no model, no files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from tqdm import tqdm
+
+from deepfake import DetectionEngine, ImageDeepfakeDetector, VideoDeepfakeDetector
+from deepfake.errors import DeepfakeError, ModelError
+from deepfake.exports import history_json, history_row
+from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_media
+from deepfake.results import HISTORY_COLUMNS
+
+log = logging.getLogger("deepfake.cli")
+
+MODEL_ENV = "DEEPFAKE_MODEL"
+EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """What every file of a scan is analysed with (also shipped to Ray workers)."""
+
+    threshold: float | None = None
+    explain: bool = False
+    heatmaps: str | None = None
+    num_frames: int = 32
+
+
+@dataclass
+class Outcome:
+    """One file's row of the export schema, and its full ``to_dict()`` unless it failed."""
+
+    index: int
+    row: dict
+    result: dict | None
+
+
+# --- analysis -----------------------------------------------------------------------------------
+
+
+def analyse_file(
+    images: ImageDeepfakeDetector, videos: VideoDeepfakeDetector, path: str, options: ScanOptions
+) -> tuple[dict, dict | None]:
+    """Analyse one file with the given image and video detectors; never raises for a bad file."""
+    kind = sha256 = ""  # known once the file is read
+    try:
+        media = read_media(path, name=path)
+        kind, sha256 = media.kind, media.sha256
+        common = {"name": media.name, "threshold": options.threshold, "explain": options.explain,
+                  "output_dir": options.heatmaps}  # fmt: skip
+        if media.kind == "image":
+            result = images.detect(media.data, **common)
+        else:
+            result = videos.detect(media.data, num_frames=options.num_frames, **common)
+    except DeepfakeError as exc:
+        return history_row(file_name=path, error=exc.message, media_type=kind, sha256=sha256), None
+    except Exception as exc:  # noqa: BLE001 - one file the engine chokes on must not end a scan of thousands
+        log.warning("unexpected failure on %s", path, exc_info=True)  # a bug, not a bad file: keep the traceback
+        error = f"unexpected error: {type(exc).__name__}: {exc}"
+        return history_row(file_name=path, error=error, media_type=kind, sha256=sha256), None
+    return result.history_row(), result.to_dict()
+
+
+def find_files(paths: list[str], recursive: bool) -> list[str]:
+    """Media files in the given folders (by extension) plus every file named explicitly, in order, once."""
+    found: list[str] = []
+    for given in paths:
+        folder = Path(given)
+        if folder.is_dir():
+            entries = folder.rglob("*") if recursive else folder.iterdir()
+            found += sorted(str(p) for p in entries
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)  # fmt: skip
+        else:
+            found.append(given)  # a missing or odd file is reported as a failed row, not dropped
+    return list(dict.fromkeys(found))
+
+
+def scan_local(files: list[str], engine: DetectionEngine, options: ScanOptions, workers: int) -> Iterator[Outcome]:
+    """Outcomes in input order. Threads share the engine, whose lock serialises model calls;
+    only a window of files is in flight, so memory does not grow with the collection."""
+    images, videos = ImageDeepfakeDetector(engine=engine), VideoDeepfakeDetector(engine=engine)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan")
+    pending: deque[tuple[int, Future]] = deque()
+    try:
+        for index, path in enumerate(files):
+            pending.append((index, pool.submit(analyse_file, images, videos, path, options)))
+            if len(pending) > 2 * workers:
+                done, future = pending.popleft()
+                yield Outcome(done, *future.result())
+        while pending:
+            done, future = pending.popleft()
+            yield Outcome(done, *future.result())
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C or an error downstream, stop after the files in hand
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+class CsvStream:
+    """The export CSV written row by row, so a long scan's results are on disk as they come
+    (the same bytes ``deepfake.exports.history_csv`` makes from the full list)."""
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        self.writer = csv.DictWriter(file, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore", lineterminator="\n")
+        self.writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+        self.file.flush()
+
+
+def summary_table(rows: list[dict], seconds: float, workers: int, engine_name: str, top: int = 5) -> str:
+    # Files that could not be read as media have no type: they are counted as "other".
+    labels = {"image": "images", "video": "videos"}
+    if any(r["media_type"] not in labels for r in rows):
+        labels["other"] = "other"
+    counts = Counter((r["verdict"], r["media_type"] if r["media_type"] in labels else "other") for r in rows)
+    rate = len(rows) / seconds if seconds > 0 else 0.0
+    lines = [
+        f"Scanned {len(rows)} file{'' if len(rows) == 1 else 's'} in {seconds:.1f} s ({rate:.2f} files/s; {engine_name}, {workers} workers).",
+        "",
+    ]
+    lines.append(f"{'verdict':<9}" + "".join(f"{label:>8}" for label in labels.values()) + f"{'total':>8}")
+    for verdict in ("REAL", "FAKE", "NO FACE", "ERROR"):
+        cells = [counts[(verdict, k)] for k in labels]
+        lines.append(f"{verdict:<9}" + "".join(f"{c:>8}" for c in cells) + f"{sum(cells):>8}")
+    scored = sorted((r for r in rows if r["verdict"] != "ERROR"), key=lambda r: -float(r["fake_probability"]))
+    if scored:
+        lines += ["", "Most suspicious:"]
+        lines += [f"  {float(r['fake_probability']):.4f}  {r['verdict']:<8} {r['file_name']}" for r in scored[:top]]
+    failed = [r for r in rows if r["verdict"] == "ERROR"]
+    if failed:
+        lines += ["", f"Failed ({len(failed)}):"] + [f"  {r['file_name']}: {r['error']}" for r in failed]
+    return "\n".join(lines)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _load_engine(args: argparse.Namespace) -> DetectionEngine:
+    return DetectionEngine.load(args.model, device=args.device, trust_pickle=args.trust_pickle)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    engine = _load_engine(args)
+    images = ImageDeepfakeDetector(engine=engine, output_dir=args.heatmaps)
+    videos = VideoDeepfakeDetector(engine=engine, output_dir=args.heatmaps)
+    options = ScanOptions(args.threshold, not args.no_explain, args.heatmaps, args.num_frames)
+    row, result = analyse_file(images, videos, args.file, options)
+    if result is None:
+        print(f"error: {row['error']}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return EXIT_OK
+    print(f"{result['source']}: {result['verdict']}  (fake probability {result['fake_probability']:.4f}, "
+          f"threshold {result['threshold']:.2f}, confidence {result['confidence']:.1%})")  # fmt: skip
+    what = f"{result['media_type']} {result['width']}x{result['height']}, {row['faces']} face(s)"
+    if result["media_type"] == "video":
+        what += f", {result['frames_analyzed']} frames analysed ({result['aggregation'].get('rule')} rule)"
+    print(f"{what}; {result['model_name']} {result['model_version']}; {result['timings']['total_ms']:.0f} ms")
+    for line in [result["explanation"], *result["warnings"]]:
+        if line:
+            print(line)
+    if args.heatmaps and result.get("heatmap_overlay_path"):
+        print(f"heatmap: {result['heatmap_overlay_path']}")
+    return EXIT_OK
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    files = find_files(args.paths, args.recursive)
+    if not files:
+        print("error: no images or videos found" + ("" if args.recursive else " (subfolders need --recursive)"),
+              file=sys.stderr)  # fmt: skip
+        return EXIT_UNUSABLE
+    options = ScanOptions(args.threshold, bool(args.heatmaps), args.heatmaps, args.num_frames)
+    with ExitStack() as stack:
+        csv_stream = CsvStream(stack.enter_context(open(args.csv, "w", newline=""))) if args.csv else None
+        if args.engine == "ray":
+            from deepfake.scale import RayScan  # Ray is imported only when asked for
+
+            ray_scan = stack.enter_context(RayScan(args.model, options, workers=args.workers, address=args.address,
+                                                   device=args.device, trust_pickle=args.trust_pickle))  # fmt: skip
+            workers, outcomes = ray_scan.workers, ray_scan.run(files)
+        else:
+            workers = args.workers or 1
+            outcomes = scan_local(files, _load_engine(args), options, workers)
+        rows, results = collect(outcomes, len(files), csv_stream, progress=not args.quiet)
+    if args.json:
+        Path(args.json).write_text(history_json(rows, results))
+    print(summary_table(rows, time.perf_counter() - started, workers, "ray" if args.engine == "ray" else "threads"))
+    written = [p for p in (args.csv, args.json) if p]
+    if written:
+        print("\nWrote " + ", ".join(written) + (f"; heatmaps in {args.heatmaps}" if args.heatmaps else ""))
+    return EXIT_SOME_FAILED if any(r["verdict"] == "ERROR" for r in rows) else EXIT_OK
+
+
+def collect(outcomes: Iterator[Outcome], total: int, csv_stream: CsvStream | None,
+            progress: bool = True) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """Rows and full results, with a progress bar; each row goes to the CSV as it arrives."""
+    rows: list[dict] = []
+    results: list[dict] = []
+    counts: Counter[str] = Counter()
+    with tqdm(total=total, unit="file", file=sys.stderr, disable=not progress) as bar:
+        for outcome in outcomes:
+            rows.append(outcome.row)
+            if outcome.result is not None:
+                results.append(outcome.result)
+            if csv_stream:
+                csv_stream.write(outcome.row)
+            counts[outcome.row["verdict"]] += 1
+            bar.update()
+            bar.set_postfix(fake=counts["FAKE"], failed=counts["ERROR"], refresh=False)
+    return rows, results
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deepfake.api import ApiSettings, load_key_hashes, serve
+
+    try:
+        settings = ApiSettings(
+            key_hashes=load_key_hashes(args.keys_file),
+            model_path=args.model,
+            rate=args.rate,
+            burst=args.burst,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            image_timeout_s=args.image_timeout,
+            video_timeout_s=args.video_timeout,
+            result_ttl_s=args.result_ttl,
+            workers=args.workers,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(settings, _load_engine(args), host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> NoReturn:
+    """Replace this process with Streamlit (so it receives signals directly, e.g. as a container's PID 1)."""
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if args.model:
+        os.environ[MODEL_ENV] = args.model
+    os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
+                              "--server.address", args.host, "--server.port", str(args.port)])  # fmt: skip
+
+
+# --- arguments ----------------------------------------------------------------------------------
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be positive")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", default=os.environ.get(MODEL_ENV),
+                       help=f"checkpoint (default: ${MODEL_ENV}, else models/image_model.pth)")  # fmt: skip
+    model.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    model.add_argument("--trust-pickle", action="store_true", help="allow a pickled model (runs code from the file)")
+    analysis = argparse.ArgumentParser(add_help=False)
+    analysis.add_argument("--threshold", type=_probability, help="FAKE at or above this (default: the model's)")
+    analysis.add_argument("--num-frames", type=_positive(int), default=32, help="frames sampled per video")
+    analysis.add_argument("--heatmaps", metavar="DIR", help="write Grad-CAM overlays here")
+
+    parser = argparse.ArgumentParser(prog="python -m deepfake", description="Deepfake detection workbench.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    detect = commands.add_parser("detect", parents=[model, analysis], help="analyse one image or video")
+    detect.add_argument("file")
+    detect.add_argument("--json", action="store_true", help="print the full result as JSON")
+    detect.add_argument("--no-explain", action="store_true", help="skip Grad-CAM (faster)")
+    detect.set_defaults(run=cmd_detect)
+
+    scan = commands.add_parser("scan", parents=[model, analysis], help="analyse many files; CSV/JSON report",
+                               description="Grad-CAM is computed only with --heatmaps.")  # fmt: skip
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="files and folders")
+    scan.add_argument("--recursive", "-r", action="store_true", help="descend into subfolders")
+    scan.add_argument("--csv", metavar="FILE", help="write the results table (written row by row)")
+    scan.add_argument("--json", metavar="FILE", help="write the table and every full result")
+    scan.add_argument("--workers", type=_positive(int),
+                      help="threads sharing one engine (default 1); with --engine ray, actors (default: cluster CPUs)")  # fmt: skip
+    scan.add_argument("--engine", choices=["local", "ray"], default="local", help="where to run (default: local)")
+    scan.add_argument("--address", help="Ray cluster to join, e.g. ray://head:10001 or head:6379 (default: $RAY_ADDRESS, "
+                      "else a local Ray)")  # fmt: skip
+    scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    scan.set_defaults(run=cmd_scan)
+
+    serve = commands.add_parser("serve", parents=[model], help="start the REST API (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--keys-file", help="API keys, one a line (plain or sha256:<hex>); also $DEEPFAKE_API_KEYS")
+    serve.add_argument("--rate", type=float, default=2.0, help="requests per second per key, refilled (0: no limit)")
+    serve.add_argument("--burst", type=_positive(int), default=30, help="requests a key may make at once")
+    serve.add_argument("--max-upload-mb", type=_positive(float), default=200.0)
+    serve.add_argument("--image-timeout", type=_positive(float), default=60.0, help="seconds")
+    serve.add_argument("--video-timeout", type=_positive(float), default=300.0, help="seconds")
+    serve.add_argument("--result-ttl", type=_positive(float), default=3600.0, help="seconds a heatmap stays fetchable")
+    serve.add_argument("--workers", type=_positive(int), default=4, help="analyses at once (others wait)")
+    serve.set_defaults(run=cmd_serve)
+
+    dashboard = commands.add_parser("dashboard", parents=[model], help="start the Streamlit dashboard")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.set_defaults(run=cmd_dashboard)
+
+    # Delegated whole: their own parsers (and their --help) take every argument after the command name.
+    for name, about in (("train", "train a model (python -m deepfake.train)"),
+                        ("evaluate", "evaluate a model (python -m deepfake.evaluate)")):  # fmt: skip
+        commands.add_parser(name, help=about, add_help=False)  # listed in --help; main() hands over first
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from deepfake.train import main as train
+
+        train(argv[1:])
+        return EXIT_OK
+    if argv[:1] == ["evaluate"]:
+        from deepfake.evaluate import main as evaluate
+
+        evaluate(argv[1:])
+        return EXIT_OK
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ModelError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_UNUSABLE

@@ -1,0 +1,156 @@
+"""``python -m deepfake detect|scan``: mixed folders, bad files skipped, the export schema, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from deepfake import ImageDeepfakeDetector
+from deepfake.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, ScanOptions, find_files, main, scan_local
+from deepfake.exports import history_csv
+from deepfake.results import HISTORY_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, hopper_jpeg_bytes, astronaut_rgb, synthetic_clip) -> Path:
+    """photos/: two images, a broken JPEG, text named .jpg, a non-media file; nested/: a clip."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "nested").mkdir()
+    (root / "hopper.jpg").write_bytes(hopper_jpeg_bytes)
+    cv2.imwrite(str(root / "astronaut.png"), cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
+    (root / "broken.jpg").write_bytes(hopper_jpeg_bytes[:3000])
+    (root / "README.md").write_text("not scanned: not a media extension")
+    (root / "nested" / "clip.mp4").write_bytes(synthetic_clip)
+    (root / "nested" / "notes.jpg").write_text("a text file with an image's name\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def scanned(media, random_checkpoint, tmp_path_factory) -> dict:
+    """One recursive scan with 2 workers, every output on; what it printed and wrote."""
+    out = tmp_path_factory.mktemp("scan")
+    capture = pytest.MonkeyPatch()
+    args = ["scan", str(media), "--recursive", "--model", str(random_checkpoint), "--workers", "2", "--num-frames", "8",
+            "--csv", str(out / "r.csv"), "--json", str(out / "r.json"), "--heatmaps", str(out / "heatmaps")]  # fmt: skip
+    stdout, stderr = out / "stdout", out / "stderr"
+    with stdout.open("w") as o, stderr.open("w") as e:
+        capture.setattr(sys, "stdout", o)
+        capture.setattr(sys, "stderr", e)
+        try:
+            code = main(args)
+        finally:
+            capture.undo()
+    return {"code": code, "out": out, "stdout": stdout.read_text(), "stderr": stderr.read_text(),
+            "json": json.loads((out / "r.json").read_text()), "csv": (out / "r.csv").read_text()}  # fmt: skip
+
+
+def test_find_files(media):
+    top = find_files([str(media)], recursive=False)
+    assert [Path(p).name for p in top] == ["astronaut.png", "broken.jpg", "hopper.jpg"]
+    deep = find_files([str(media), str(media / "hopper.jpg"), "missing.jpg"], recursive=True)
+    assert [Path(p).name for p in deep] == ["astronaut.png", "broken.jpg", "hopper.jpg", "clip.mp4", "notes.jpg",
+                                            "missing.jpg"]  # fmt: skip
+
+
+def test_scan_reports_and_skips_bad_files(scanned, media):
+    assert scanned["code"] == EXIT_SOME_FAILED
+    rows = scanned["json"]["rows"]
+    names = [Path(r["file_name"]).relative_to(media).as_posix() for r in rows]
+    assert names == ["astronaut.png", "broken.jpg", "hopper.jpg", "nested/clip.mp4", "nested/notes.jpg"]
+    by_name = dict(zip(names, rows))
+    assert by_name["broken.jpg"]["verdict"] == "ERROR" and "truncated or corrupt" in by_name["broken.jpg"]["error"]
+    assert by_name["broken.jpg"]["media_type"] == "image"  # it was recognised, then failed to decode
+    assert "not an image or a video" in by_name["nested/notes.jpg"]["error"]
+    assert by_name["nested/clip.mp4"]["media_type"] == "video" and by_name["nested/clip.mp4"]["frames"] == 8
+    for name in ("astronaut.png", "hopper.jpg", "nested/clip.mp4"):
+        assert by_name[name]["verdict"] in ("REAL", "FAKE", "NO FACE") and by_name[name]["error"] == ""
+
+    summary = scanned["stdout"]
+    assert "Scanned 5 files" in summary and "Failed (2):" in summary and "Most suspicious:" in summary
+    assert "broken.jpg" in summary and "notes.jpg" in summary
+    assert "5/5" in scanned["stderr"]  # the progress bar
+
+
+def test_scan_outputs_share_the_export_schema(scanned):
+    payload = scanned["json"]
+    assert payload["schema"] == list(HISTORY_COLUMNS)
+    assert scanned["csv"] == history_csv(payload["rows"])  # streamed CSV == the exports' CSV
+    assert list(csv.DictReader(scanned["csv"].splitlines()))[0].keys() == set(HISTORY_COLUMNS)
+    results = payload["results"]
+    assert [r["media_type"] for r in results] == ["image", "image", "video"]  # failures have a row, no result
+    for result in results:  # Grad-CAM overlays were written where asked
+        overlay = Path(result["heatmap_overlay_path"])
+        assert overlay.parent == scanned["out"] / "heatmaps" and overlay.is_file()
+
+
+def test_scan_matches_the_detector_and_all_good_exits_0(scanned, media, random_checkpoint, engine, capsys):
+    direct = ImageDeepfakeDetector(engine=engine).detect(media / "hopper.jpg", explain=False)
+    by_name = {Path(r["file_name"]).name: r for r in scanned["json"]["rows"]}
+    assert by_name["hopper.jpg"]["fake_probability"] == pytest.approx(direct.fake_probability, abs=1e-6)
+
+    files = [str(media / "hopper.jpg"), str(media / "nested" / "clip.mp4")]
+    code = main(["scan", *files, "--model", str(random_checkpoint), "--workers", "1", "--num-frames", "8", "-q"])
+    assert code == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "Scanned 2 files" in printed and "Failed" not in printed
+    # One worker or two: the same numbers.
+    for name in ("hopper.jpg", "clip.mp4"):
+        line = next(x for x in printed.splitlines() if x.rstrip().endswith(name))
+        assert float(line.split()[0]) == pytest.approx(float(by_name[name]["fake_probability"]), abs=1e-4)
+
+
+def test_scan_local_keeps_input_order(engine, media):
+    files = [str(media / n) for n in ("hopper.jpg", "broken.jpg", "astronaut.png", "hopper.jpg")]
+    outcomes = list(scan_local(files, engine, ScanOptions(), workers=1))  # a window of 2 in flight: it slides
+    assert [o.index for o in outcomes] == [0, 1, 2, 3]
+    assert [o.row["file_name"] for o in outcomes] == files
+    assert outcomes[1].result is None and outcomes[0].result["sha256"] == outcomes[3].result["sha256"]
+
+
+def test_unusable_runs_exit_2(tmp_path, media, random_checkpoint, capsys):
+    assert main(["scan", str(tmp_path), "--model", str(random_checkpoint)]) == EXIT_UNUSABLE
+    assert "no images or videos found" in capsys.readouterr().err
+    assert main(["scan", str(media), "--model", str(tmp_path / "absent.pth")]) == EXIT_UNUSABLE
+    err = capsys.readouterr().err
+    assert "Model file not found" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as usage:
+        main(["scan", str(media), "--threshold", "1.5"])
+    assert usage.value.code == EXIT_UNUSABLE
+
+
+def test_detect_prints_the_result(media, random_checkpoint, tmp_path):
+    """Through the real entry point, ``python -m deepfake``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPFAKE_MODEL": str(random_checkpoint)}  # the model from the env
+    done = subprocess.run([sys.executable, "-m", "deepfake", "detect", str(media / "hopper.jpg"),
+                           "--heatmaps", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith(f"{media / 'hopper.jpg'}: ") and "fake probability" in first
+    assert "image 512x600, 1 face(s)" in done.stdout and "heatmap: " + str(tmp_path) in done.stdout
+
+
+def test_detect_json_and_bad_file(media, random_checkpoint, capsys):
+    assert main(["detect", str(media / "nested" / "clip.mp4"), "--model", str(random_checkpoint), "--json",
+                 "--num-frames", "4", "--no-explain"]) == EXIT_OK  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["media_type"] == "video" and result["frames_analyzed"] == 4 and result["cam_method"] is None
+    assert main(["detect", str(media / "broken.jpg"), "--model", str(random_checkpoint)]) == EXIT_SOME_FAILED
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_train_and_evaluate_are_delegated(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert f"python -m deepfake.{command}" in capsys.readouterr().out
