@@ -153,11 +153,19 @@ def _window(faces: list[FaceResult], shape: tuple[int, int]) -> tuple[int, int, 
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
+def _edge_taper(size: int, fraction: float = 0.12) -> np.ndarray:
+    """1 inside, easing to 0 over the crop's outer band: the heatmap fades out instead of ending
+    at the crop's square edge, which readers took for a box the model drew."""
+    ramp = np.clip(np.minimum(np.arange(size), np.arange(size)[::-1]) / (fraction * size), 0, 1)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * ramp)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
 def _cam_in_window(face: FaceResult, window: tuple[int, int, int, int]) -> np.ndarray:
     x0, y0, x1, y1 = window
     matrix = face.crop_to_image.astype(np.float64).copy()
     matrix[:, 2] -= (x0, y0)
-    return cam_to_image(face.cam, matrix, (y1 - y0, x1 - x0))
+    return cam_to_image(face.cam * _edge_taper(face.cam.shape[0]), matrix, (y1 - y0, x1 - x0))
 
 
 def explain_faces(faces: list[FaceResult], image_shape: tuple[int, int], threshold: float) -> None:
@@ -183,9 +191,11 @@ def summarize_faces(faces: list[FaceResult], threshold: float) -> str:
     if not faces:
         return ""
     worst = max(faces, key=lambda f: f.fake_probability)
-    subject = "The image as a whole" if worst.whole_image else (
-        "The most suspicious face" if len(faces) > 1 else "The face")
-    return f"{subject}: {worst.explanation}"
+    if worst.whole_image:
+        return f"No face found, so the whole image was judged. {worst.explanation}"
+    if len(faces) > 1:
+        return f"Most suspicious of {len(faces)} faces ({worst.fake_probability:.0%} fake): {worst.explanation}"
+    return worst.explanation
 
 
 def render_overlay(
