@@ -41,9 +41,13 @@ class OutputFolder:
         return folder
 
 
+# The overlay is written on every analysis: zlib level 1 with libpng's fast filters is ~5x faster
+# than the default and the file barely larger.
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS]
+
+
 def write_png(path: Path, image_rgb: np.ndarray) -> str:
-    # Fast PNG compression: the overlay is written on every analysis, and level 1 is ~5x faster.
-    cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), PNG_FAST)
     return str(path)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepfake.faces import Face, FaceCrop, FaceDetector, crop_face, whole_image_box
+from deepfake.faces import Face, FaceCrop, FaceDetector, crop_face, limit_detail, whole_image_box
 from deepfake.loading import LoadedModel, load_model
 from deepfake.model import cam_layer
 from deepfake.results import FAKE, FaceResult, classify
@@ -71,7 +71,8 @@ class DetectionEngine:
 
     def crop(self, image: np.ndarray, box: tuple[float, float, float, float], whole_image: bool = False) -> FaceCrop:
         margin = 1.0 if whole_image else self.model.config.face_margin
-        return crop_face(image, box, margin, self.input_size)
+        crop = crop_face(image, box, margin, self.input_size)
+        return FaceCrop(limit_detail(crop.pixels, self.model.config.detail_size), crop.crop_to_image)
 
     def _tensor(self, crops: list[np.ndarray]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2).float().div_(255)

@@ -76,6 +76,15 @@ def crop_face(image: np.ndarray, box: tuple[float, float, float, float], margin:
     return FaceCrop(pixels=np.ascontiguousarray(pixels), crop_to_image=crop_to_image)
 
 
+def limit_detail(pixels: np.ndarray, detail_size: int | None) -> np.ndarray:
+    """Down to ``detail_size`` and back: the same ceiling on fine detail for every source."""
+    size = pixels.shape[0]
+    if not detail_size or detail_size >= size:
+        return pixels
+    small = cv2.resize(pixels, (detail_size, detail_size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (pixels.shape[1], size), interpolation=cv2.INTER_LINEAR)
+
+
 class FaceDetector:
     """MTCNN face detector that returns every face, with boxes, 5 landmarks and scores.
 

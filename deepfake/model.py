@@ -24,6 +24,10 @@ class ModelConfig:
     mean: tuple[float, float, float] = (0.498, 0.498, 0.498)  # EfficientNet-Lite: (x - 127) / 128
     std: tuple[float, float, float] = (0.502, 0.502, 0.502)
     face_margin: float = 1.3
+    # Crops are brought down to this many pixels and back up before scoring, in training and at
+    # inference alike: the real training photos are low-resolution and the GAN portraits sharp,
+    # so without a common ceiling on detail a sharp real photo reads as "generated".
+    detail_size: int | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -31,7 +35,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {k: data[k] for k in ("arch", "input_size", "mean", "std", "face_margin", "extra") if k in data}
+        known = {k: data[k] for k in ("arch", "input_size", "mean", "std", "face_margin", "detail_size", "extra") if k in data}
         for key in ("mean", "std"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])

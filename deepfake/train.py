@@ -26,6 +26,7 @@ from tqdm import tqdm
 from deepfake.augment import degrade, frame_crop
 from deepfake.data import CropCache, build_cache
 from deepfake.engine import select_device
+from deepfake.faces import limit_detail
 from deepfake.loading import DEFAULT_THRESHOLD, load_model, save_checkpoint
 from deepfake.metrics import expected_calibration_error, fit_temperature, roc_auc
 from deepfake.model import ModelConfig, create_model
@@ -42,6 +43,7 @@ class TrainConfig:
     arch: str = "efficientnet_lite0"
     input_size: int = 224
     face_margin: float = 1.3
+    detail_size: int | None = 128
     epochs: int = 4
     epoch_size: int = 8000  # samples per epoch (drawn afresh each epoch), so checkpoints come often
     batch_size: int = 32
@@ -82,7 +84,8 @@ class FaceTrainingSet(Dataset):
             crop = make_pseudo_fake(crop, self.cache.landmarks[index], rng, donor_face).image
         crop = frame_crop(crop, self.config.face_margin, self.config.input_size, rng if self.train else None)
         if self.train:
-            crop = degrade(crop, rng)
+            crop = degrade(crop, rng)  # the photo's own history (JPEG, resizing) comes before our crop
+        crop = limit_detail(crop, self.config.detail_size)
         label = 0.0 if kind == "real" else 1.0
         return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1), torch.tensor(label)
 
@@ -163,7 +166,8 @@ def train(config: TrainConfig) -> dict:
     log.info("training on %s: %d real, %d pseudo-fake, %d fake; held out: %s", used, len(train_kinds["real"]),
              len(pseudo), len(fakes), [k for k in val_kinds if k not in used])  # fmt: skip
 
-    model_config = ModelConfig(arch=config.arch, input_size=config.input_size, face_margin=config.face_margin)
+    model_config = ModelConfig(arch=config.arch, input_size=config.input_size, face_margin=config.face_margin,
+                               detail_size=config.detail_size)  # fmt: skip
     if config.init:
         model = load_model(config.init).module
         for p in model.parameters():
@@ -237,7 +241,7 @@ def train(config: TrainConfig) -> dict:
         "protocol": "identity-disjoint validation split (LFW by person, near-duplicates grouped); "
                     "AUC of held-out real faces against each kind of fake",
     }  # fmt: skip
-    trained_on = sorted({r.source for r in cache.records if r.label == 0}) + ["pseudo-fakes (self-blend, part swap)"]
+    trained_on = sorted({r.source for r in cache.records if r.label == 0}) + ["pseudo-fakes (self-blend, part swap, resynthesis)"]
     trained_on += [k[5:] for k in used if k.startswith("fake:")]
     save_checkpoint(out, model, model_config, threshold=DEFAULT_THRESHOLD, temperature=temperature, metrics=metrics,
                     trained_on=trained_on, version=config.version,
@@ -253,7 +257,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--data", required=True, help="folder with real/<source>/** and fake/<source>/**")
     parser.add_argument("--out", default="models/image_model.pth")
     parser.add_argument("--cache", default=defaults.cache, help="face-crop cache folder (a build artifact)")
-    for name in ("epochs", "epoch_size", "batch_size", "seed", "input_size", "val_per_kind", "workers", "max_steps"):
+    for name in ("epochs", "epoch_size", "batch_size", "seed", "input_size", "val_per_kind", "workers", "max_steps",
+                 "detail_size"):  # fmt: skip
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "face_margin", "val_fraction"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))

@@ -65,7 +65,7 @@ def test_train_writes_a_loadable_calibrated_checkpoint_and_resumes(tiny_data, tm
     loaded = load_model(out)
     assert loaded.version == "test-1" and loaded.config.input_size == 64 and loaded.config.face_margin == 1.3
     assert loaded.threshold == 0.6 and loaded.temperature > 0
-    assert "pseudo-fakes (self-blend, part swap)" in loaded.trained_on and "blurred" in loaded.trained_on
+    assert "pseudo-fakes (self-blend, part swap, resynthesis)" in loaded.trained_on and "blurred" in loaded.trained_on
     assert "auc_real_vs_pseudo" in loaded.metrics and len(loaded.metrics["history"]) == 1
     assert out.with_suffix(".log").read_text().count("epoch 1:") == 1
     state = out.with_name("model.state.pt")
