@@ -18,7 +18,7 @@ SAMPLE_REAL_NAME = "sample_real_grace_hopper.jpg"
 SAMPLE_FAKE_NAME = "sample_fake_grace_hopper.png"
 # Wide enough that the whole face outline the blend mask draws (forehead to chin) fits the crop.
 FAKE_MARGIN = 2.0
-FAKE_SEED = 4
+FAKE_SEED = 0  # the first seed; the model scores it 0.89 (six of the first eight seeds score >= 0.6)
 
 
 def _real_path() -> Path:
