@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import tempfile
@@ -135,13 +136,7 @@ class ImageDeepfakeDetector(_Detector):
             face_found=bool(faces),
             model_name=self.model_name,
             model_version=self.model_version,
-            timings=Timings(
-                decode_ms=(decoded - started) * 1e3,
-                faces_ms=(found - decoded) * 1e3,
-                model_ms=(modelled - found) * 1e3,
-                explanation_ms=(done - modelled) * 1e3,
-                total_ms=(done - started) * 1e3,
-            ),
+            timings=Timings.from_marks(started, decoded, found, modelled, done),
             explanation=summarize_faces(scored, threshold),
             heatmap_overlay_path=overlay_path,
             cam_method=method,
@@ -152,8 +147,6 @@ class ImageDeepfakeDetector(_Detector):
 
     def rejudge(self, result: DetectionResult, threshold: float) -> DetectionResult:
         """The same analysis at another threshold: labels, boxes and explanations follow."""
-        import dataclasses
-
         faces = [dataclasses.replace(f) for f in result.faces]
         explain_faces(faces, (result.height, result.width), threshold)
         return dataclasses.replace(result, threshold=float(threshold), faces=faces,

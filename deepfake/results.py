@@ -43,6 +43,12 @@ class Timings:
     explanation_ms: float = 0.0
     total_ms: float = 0.0
 
+    @classmethod
+    def from_marks(cls, started: float, decoded: float, found: float, modelled: float, done: float) -> Timings:
+        """From ``time.perf_counter()`` marks taken at the end of each stage."""
+        return cls((decoded - started) * 1e3, (found - decoded) * 1e3, (modelled - found) * 1e3,
+                   (done - modelled) * 1e3, (done - started) * 1e3)  # fmt: skip
+
     def to_dict(self) -> dict:
         return {k: round(float(v), 1) for k, v in dataclasses.asdict(self).items()}
 

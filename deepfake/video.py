@@ -271,13 +271,7 @@ class VideoDeepfakeDetector(_Detector):
             face_found=bool(with_faces),
             model_name=self.model_name,
             model_version=self.model_version,
-            timings=Timings(
-                decode_ms=(decoded - started) * 1e3,
-                faces_ms=(found - decoded) * 1e3,
-                model_ms=(modelled - found) * 1e3,
-                explanation_ms=(done - modelled) * 1e3,
-                total_ms=(done - started) * 1e3,
-            ),
+            timings=Timings.from_marks(started, decoded, found, modelled, done),
             explanation=(f"Most suspicious frame at {top.time_s:.1f} s. " + summarize_faces(top.faces, threshold))
             if top and top.faces[0].explanation else "",
             heatmap_overlay_path=overlay_path,
