@@ -41,7 +41,7 @@ from deepfake.results import (
     VideoResult,
     now_iso,
 )
-from deepfake.video import Progress, VideoDeepfakeDetector
+from deepfake.video import Progress, VideoDeepfakeDetector, explain_video
 from deepfake.wording import VERDICT_COLOURS
 
 log = logging.getLogger(__name__)
@@ -174,15 +174,8 @@ class Workbench:
 
     def rejudge(self, result: AnalysisResult, threshold: float) -> AnalysisResult:
         """Labels, suspicious-region boxes and explanations at another threshold."""
-        if not isinstance(result, VideoResult):
-            return self.images.rejudge(result, threshold)
-        timeline = []
-        for frame in result.timeline:
-            faces = [dataclasses.replace(f) for f in frame.faces]
-            explain_faces(faces, _frame_shape(frame, result), threshold)
-            timeline.append(dataclasses.replace(frame, faces=faces))
-        return dataclasses.replace(result, threshold=float(threshold), timeline=timeline,
-                                   explanation=_video_explanation(timeline, result.suspicious_frames, threshold))
+        detector = self.videos if isinstance(result, VideoResult) else self.images
+        return detector.rejudge(result, threshold)
 
     def reexplain(self, result: AnalysisResult, method: str) -> AnalysisResult:
         """The same scores explained with another CAM method (images: every face; videos: the
@@ -197,7 +190,7 @@ class Workbench:
             faces = self._explained(frame.faces, method, _frame_shape(frame, result), result.threshold)
             timeline[i] = dataclasses.replace(frame, faces=faces)
         return dataclasses.replace(result, timeline=timeline, cam_method=method,
-                                   explanation=_video_explanation(timeline, result.suspicious_frames, result.threshold))
+                                   explanation=explain_video(timeline, result.suspicious_frames, result.threshold))
 
     def _explained(self, faces: list[FaceResult], method: str, shape: tuple[int, int],
                    threshold: float) -> list[FaceResult]:  # fmt: skip
@@ -209,14 +202,6 @@ class Workbench:
 
 def _frame_shape(frame: FrameResult, video: VideoResult) -> tuple[int, int]:
     return frame.image.shape[:2] if frame.image is not None else (video.height, video.width)
-
-
-def _video_explanation(timeline: list[FrameResult], suspicious: list[int], threshold: float) -> str:
-    # The wording VideoDeepfakeDetector.detect uses, so a re-judged video reads like a fresh one.
-    top = timeline[suspicious[0]] if suspicious else None
-    if top is None or not top.faces[0].explanation:
-        return ""
-    return f"Most suspicious frame at {top.time_s:.1f} s. " + summarize_faces(top.faces, threshold)
 
 
 def _keep_what_is_shown(result: VideoResult) -> VideoResult:

@@ -9,6 +9,7 @@ mean wins when higher, so a manipulated segment is not averaged away by authenti
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
@@ -260,7 +261,6 @@ class VideoDeepfakeDetector(_Detector):
         done = time.perf_counter()
         report(1.0, "Done")
 
-        top = timeline[suspicious[0]] if suspicious else None
         return VideoResult(
             source=media.name,
             sha256=media.sha256,
@@ -272,8 +272,7 @@ class VideoDeepfakeDetector(_Detector):
             model_name=self.model_name,
             model_version=self.model_version,
             timings=Timings.from_marks(started, decoded, found, modelled, done),
-            explanation=(f"Most suspicious frame at {top.time_s:.1f} s. " + summarize_faces(top.faces, threshold))
-            if top and top.faces[0].explanation else "",
+            explanation=explain_video(timeline, suspicious, threshold),
             heatmap_overlay_path=overlay_path,
             cam_method=method,
             warnings=warnings,
@@ -284,6 +283,26 @@ class VideoDeepfakeDetector(_Detector):
             suspicious_frames=suspicious,
             annotated_video_path=annotated_path,
         )
+
+
+    def rejudge(self, result: VideoResult, threshold: float) -> VideoResult:
+        """The same analysis at another threshold: labels, boxes and explanations follow."""
+        timeline = []
+        for frame in result.timeline:
+            faces = [dataclasses.replace(f) for f in frame.faces]
+            shape = frame.image.shape[:2] if frame.image is not None else (result.height, result.width)
+            explain_faces(faces, shape, threshold)
+            timeline.append(dataclasses.replace(frame, faces=faces))
+        return dataclasses.replace(result, threshold=float(threshold), timeline=timeline,
+                                   explanation=explain_video(timeline, result.suspicious_frames, threshold))  # fmt: skip
+
+
+def explain_video(timeline: list[FrameResult], suspicious: list[int], threshold: float) -> str:
+    """One sentence: where the most suspicious frame is and what its faces show."""
+    top = timeline[suspicious[0]] if suspicious else None
+    if top is None or not top.faces[0].explanation:
+        return ""
+    return f"Most suspicious frame at {top.time_s:.1f} s. " + summarize_faces(top.faces, threshold)
 
 
 def _score_colour(probability: float, threshold: float) -> tuple[int, int, int]:
