@@ -207,8 +207,13 @@ def result_card(analysis: Analysis) -> None:
                           "**Faces in the most suspicious frame**, as the model sees them:")  # fmt: skip
         else:
             faces_row(result.faces, "**Faces**, as the model sees them:")
-        with st.expander("Heatmap: where the model looked", icon=":material/visibility:"):
-            heatmap_view(analysis, result)
+        # Keyed and tracked, so it stays open across reruns (a threshold change re-renders every card), and lazy:
+        # heatmaps are drawn only for the cards whose view is open.
+        heatmap = st.expander("Heatmap: where the model looked", icon=":material/visibility:",
+                              key=f"heatmap-{analysis.id}", on_change="rerun")  # fmt: skip
+        if heatmap.open:
+            with heatmap:
+                heatmap_view(analysis, result)
         st.download_button("Report for this file (HTML)", data=lambda: html_report([result]), on_click="ignore",
                            file_name=f"{analysis.file_name}.report.html", mime="text/html",
                            key=f"report-{analysis.id}", icon=":material/download:")  # fmt: skip

@@ -210,7 +210,7 @@ def test_health_answers_while_a_video_is_analysed(servers, synthetic_clip):
     worker.join()
     during = [latency for at, latency in answered if at < finished["at"]]
     assert len(during) >= 3, "the health check did not answer while the video was analysed"
-    assert max(during) < 1.0
+    assert max(during) < 2.0  # generous: a blocked event loop would wait for the whole analysis
 
     response = finished["response"]
     assert response.status_code == 200, response.text

@@ -86,6 +86,10 @@ def test_heatmap_method_change_reexplains_that_result_only(app, hopper_jpeg_byte
     upload(app, ("a.jpg", hopper_jpeg_bytes, "image/jpeg"), ("b.jpg", hopper_jpeg_bytes, "image/jpeg"))
     app.slider(key="threshold").set_value(5).run()  # FAKE, so suspicious regions are described
     first, second = app.session_state["analyses"]
+    assert not any("**In words:**" in m.value for m in app.markdown)  # heatmap views start closed and undrawn
+    for analysis in (first, second):
+        app.session_state[f"heatmap-{analysis.id}"] = True  # the user opens both views
+    app.run()
     app.radio(key=f"method-{first.id}").set_value("gradcam++").run()
     assert not app.exception
     assert set(first.explained) == {"gradcam", "gradcam++"} and set(second.explained) == {"gradcam"}
