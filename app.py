@@ -130,7 +130,8 @@ def faces_row(faces: list[FaceResult], label: str) -> None:
     st.markdown(label)
     for start in range(0, len(crops), 6):
         for column, (number, face) in zip(st.columns(6), enumerate(crops[start : start + 6], start + 1)):
-            column.image(face.crop, caption=f"Face {number}: {percent(face.fake_probability)} fake")
+            cut_off = " (cut off by the edge)" if face.cut_off else ""
+            column.image(face.crop, caption=f"Face {number}: {percent(face.fake_probability)} fake{cut_off}")
 
 
 def heatmap_view(analysis: Analysis, result: DetectionResult | VideoResult) -> None:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from deepfake.engine import DetectionEngine, explain_faces, render_overlay, summarize_faces
+from deepfake.engine import DetectionEngine, deciding_face, explain_faces, render_overlay, summarize_faces
 from deepfake.errors import UnsupportedFormatError
 from deepfake.media import MAX_IMAGE_PIXELS, Source, decode_image_bytes, load_image, read_media
 from deepfake.results import DetectionResult, Timings
@@ -124,6 +124,11 @@ class ImageDeepfakeDetector(_Detector):
             method = None
         if not faces:
             warnings.append("No face found: the whole image was scored, which is less reliable.")
+        if not deciding_face(scored).cut_off and any(f.cut_off for f in scored):
+            warnings.append("A face cut off by the picture's edge was scored but did not decide the verdict: "
+                            "the model judges partial faces less reliably.")  # fmt: skip
+        elif deciding_face(scored).cut_off:
+            warnings.append("The face is cut off by the picture's edge, which makes its score less reliable.")
         done = time.perf_counter()
 
         return DetectionResult(
@@ -131,7 +136,7 @@ class ImageDeepfakeDetector(_Detector):
             sha256=sha256,
             width=int(image.shape[1]),
             height=int(image.shape[0]),
-            fake_probability=max(f.fake_probability for f in scored),
+            fake_probability=deciding_face(scored).fake_probability,
             threshold=threshold,
             face_found=bool(faces),
             model_name=self.model_name,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepfake.faces import Face, FaceCrop, FaceDetector, crop_face, limit_detail, whole_image_box
+from deepfake.faces import Face, FaceCrop, FaceDetector, crop_face, limit_detail, outside_fraction, whole_image_box
 from deepfake.loading import LoadedModel, load_model
 from deepfake.model import cam_layer
 from deepfake.results import FAKE, FaceResult, classify
@@ -26,6 +26,11 @@ from explainability.explanation_builder import (
     overlay,
 )
 from explainability.gradcam import CAM_METHODS, create_cam
+
+# A face with more than this share of its box outside the picture is "cut off". The model was trained
+# on whole faces, and on held-out real photos it flagged such faces (bystanders at the frame's edge)
+# far more often than whole ones, so they are scored and shown but do not decide the verdict.
+CUT_OFF_FRACTION = 0.1
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -125,6 +130,7 @@ class DetectionEngine:
                     detector_score=face.score if face else 0.0,
                     fake_probability=float(prob),
                     whole_image=face is None,
+                    cut_off=face is not None and outside_fraction(face.box, images[i].shape[:2]) > CUT_OFF_FRACTION,
                     crop=crop.pixels,
                     crop_to_image=crop.crop_to_image,
                 )
@@ -188,15 +194,28 @@ def explain_faces(faces: list[FaceResult], image_shape: tuple[int, int], thresho
         face.explanation = describe_regions(face.suspicious_regions, is_fake)
 
 
+def deciding_face(faces: list[FaceResult]) -> FaceResult:
+    """The face whose score is the picture's: the most suspicious whole face, or the most
+    suspicious of all when every face is cut off by the picture's edge."""
+    whole = [f for f in faces if not f.cut_off] or faces
+    return max(whole, key=lambda f: f.fake_probability)
+
+
 def summarize_faces(faces: list[FaceResult], threshold: float) -> str:
     if not faces:
         return ""
-    worst = max(faces, key=lambda f: f.fake_probability)
+    worst = deciding_face(faces)
     if worst.whole_image:
         return f"No face found, so the whole image was judged. {worst.explanation}"
+    summary = worst.explanation
     if len(faces) > 1:
-        return f"Most suspicious of {len(faces)} faces ({worst.fake_probability:.0%} fake): {worst.explanation}"
-    return worst.explanation
+        summary = f"Most suspicious of {len(faces)} faces ({worst.fake_probability:.0%} fake): {summary}"
+    set_aside = [f for f in faces if f.cut_off and not worst.cut_off]
+    if set_aside:
+        top = max(f.fake_probability for f in set_aside)
+        summary += (f" {len(set_aside)} face{'s' if len(set_aside) > 1 else ''} cut off by the picture's edge "
+                    f"(up to {top:.0%} fake) did not decide the verdict: such scores are less reliable.")  # fmt: skip
+    return summary
 
 
 def render_overlay(
@@ -213,4 +232,4 @@ def render_overlay(
     return draw_regions(picture, regions) if show_regions and regions else picture
 
 
-__all__ = ["CAM_METHODS", "DetectionEngine", "explain_faces", "render_overlay", "select_device", "summarize_faces"]
+__all__ = ["CAM_METHODS", "DetectionEngine", "deciding_face", "explain_faces", "render_overlay", "select_device", "summarize_faces"]

@@ -2,7 +2,8 @@
 
 Runs the same engine as the app (face detection, cropping, calibrated scores) on every file.
 Face level: every detected face carries its file's label. Image level: the file's score is its
-most suspicious face (the whole image when no face is found, which is counted and listed).
+most suspicious face, as in the app: faces cut off by the picture's edge count only when no whole
+face is found (the whole image when no face is found, which is counted and listed).
 With ``--pseudo-fakes`` every real face also yields a seeded pseudo-fake, for the
 pseudo-fake validation metrics per source and demographic group.
 """
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from deepfake.augment import frame_crop
 from deepfake.data import CACHE_MARGIN, CACHE_SIZE, CropCache, Record, _main_face, scan
-from deepfake.engine import DetectionEngine
+from deepfake.engine import DetectionEngine, deciding_face
 from deepfake.errors import DeepfakeError
 from deepfake.faces import crop_face, limit_detail
 from deepfake.media import load_image
@@ -62,7 +63,7 @@ def score_files(engine: DetectionEngine, records: list[Record], pseudo_fakes: bo
         base = dict(path=record.path, label=record.label, source=record.source, gender=record.gender,
                     group=record.group, face_found=bool(faces))  # fmt: skip
         faces_out += [Sample(score=f.fake_probability, **base) for f in scored if not f.whole_image]
-        images_out.append(Sample(score=max(f.fake_probability for f in scored), **base))
+        images_out.append(Sample(score=deciding_face(scored).fake_probability, **base))
         if pseudo_fakes and record.label == 0 and faces:
             face = _main_face(faces, image.shape[:2])
             wide = crop_face(image, face.box, CACHE_MARGIN, CACHE_SIZE)
@@ -228,7 +229,7 @@ def write_reports(report: dict, out: Path) -> None:
         f"- Data: `{report['protocol']['data']}`, split `{report['protocol']['split']}`"
         + (f" of cache `{report['protocol']['cache']}` (identity-disjoint from training)" if report["protocol"]["cache"] else ""),
         f"- Every file goes through the app's engine: MTCNN faces, 1.3x crops, calibrated scores. "
-        f"Image score = most suspicious face; threshold {t:.2f}.",
+        f"Image score = most suspicious face (faces cut off by the edge only when no whole face); threshold {t:.2f}.",
         f"- Pseudo-fakes from held-out real faces: {'yes' if report['protocol']['pseudo_fakes'] else 'no'}; "
         f"at most {report['protocol']['max_per_source'] or 'all'} files per source; seed {report['protocol']['seed']}.",
         f"- Files scored: {files['scored']}; unreadable: {len(files['unreadable'])}; no face found (scored whole): "

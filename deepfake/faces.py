@@ -48,6 +48,17 @@ class FaceCrop:
         return (np.asarray(landmarks, dtype=np.float32) - offset) / scale
 
 
+def outside_fraction(box: tuple[float, float, float, float], shape: tuple[int, int]) -> float:
+    """The share of the face's square (the box's longer side, centred on it, as the cropper frames
+    it) that lies outside an image of ``shape`` (height, width). Boxes are clipped to the image, so
+    a face cut by the edge has a narrowed box whose square sticks out."""
+    half = max(box[2] - box[0], box[3] - box[1], 1e-6) / 2
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    inside_w = max(0.0, min(cx + half, shape[1]) - max(cx - half, 0.0))
+    inside_h = max(0.0, min(cy + half, shape[0]) - max(cy - half, 0.0))
+    return float(max(0.0, 1.0 - inside_w * inside_h / (2 * half) ** 2))
+
+
 def whole_image_box(image: np.ndarray) -> tuple[float, float, float, float]:
     return (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
 

@@ -64,6 +64,7 @@ class FaceResult:
     suspicious_regions: list[SuspiciousRegion] = field(default_factory=list)
     explanation: str = ""
     whole_image: bool = False
+    cut_off: bool = False  # partly outside the picture: scored, but it decides the verdict only if every face is
     crop: np.ndarray | None = field(default=None, repr=False)
     crop_to_image: np.ndarray | None = field(default=None, repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)  # in crop coordinates, 0..1
@@ -77,6 +78,7 @@ class FaceResult:
             "detector_score": round(float(self.detector_score), 4),
             "fake_probability": round(float(self.fake_probability), 6),
             "whole_image": self.whole_image,
+            "cut_off": self.cut_off,
             "suspicious_regions": [r.to_dict() for r in self.suspicious_regions],
             "explanation": self.explanation,
         }

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from deepfake.detector import _check_method, _Detector, write_png
-from deepfake.engine import explain_faces, render_overlay, summarize_faces
+from deepfake.engine import deciding_face, explain_faces, render_overlay, summarize_faces
 from deepfake.errors import CorruptFileError, NoDecodableFramesError, UnsupportedFormatError
 from deepfake.media import read_media
 from deepfake.results import FAKE, FrameResult, Timings, VideoResult, classify
@@ -217,7 +217,7 @@ class VideoDeepfakeDetector(_Detector):
             FrameResult(
                 index=f.index,
                 time_s=f.time_s,
-                fake_probability=max(x.fake_probability for x in frame_faces),
+                fake_probability=deciding_face(frame_faces).fake_probability,
                 face_found=bool(frame_faces_found),
                 faces=frame_faces,
                 image=f.image,

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from deepfake import DetectionResult, ImageDeepfakeDetector
+from deepfake.engine import deciding_face
 from deepfake.errors import ModelNotFoundError
-from deepfake.results import HISTORY_COLUMNS
+from deepfake.results import HISTORY_COLUMNS, FaceResult
 
 TIMING_KEYS = {"decode_ms", "faces_ms", "model_ms", "explanation_ms", "total_ms"}
 
@@ -123,6 +124,32 @@ def test_no_face_scores_the_whole_image(detector, gradient_image, tmp_path):
     assert Path(result["heatmap_overlay_path"]).parent == tmp_path  # a per-call output_dir wins
     with Image.open(result["heatmap_overlay_path"]) as png:
         assert png.size == (160, 120)
+
+
+def _face(probability: float, cut_off: bool = False) -> FaceResult:
+    return FaceResult(box=(0, 0, 10, 10), landmarks=None, detector_score=1.0, fake_probability=probability,
+                      cut_off=cut_off)  # fmt: skip
+
+
+def test_a_face_cut_off_by_the_edge_decides_only_when_no_whole_face_does():
+    whole, cut = _face(0.3), _face(0.9, cut_off=True)
+    assert deciding_face([cut, whole]) is whole
+    assert deciding_face([cut, _face(0.95, cut_off=True)]).fake_probability == 0.95  # all cut off: the worst
+
+
+def test_cut_off_face_is_flagged_and_set_aside(detector, hopper_rgb, tmp_path):
+    whole = detector.detect(hopper_rgb, explain=False).faces[0]
+    x1, _, x2, _ = whole.box
+    # The photo, then a copy whose face the right edge cuts through.
+    picture = np.ascontiguousarray(np.hstack([hopper_rgb, hopper_rgb[:, : int(x1 + 0.75 * (x2 - x1))]]))
+    result = detector.detect(picture, threshold=0.0, output_dir=tmp_path)
+    assert len(result.faces) == 2
+    [inside] = [f for f in result.faces if not f.cut_off]
+    [cut] = [f for f in result.faces if f.cut_off]
+    assert inside.box[2] <= hopper_rgb.shape[1] < cut.box[0]
+    assert sorted(f["cut_off"] for f in result["faces"]) == [False, True]  # in the JSON too
+    assert result.fake_probability == inside.fake_probability  # the whole face decides, whatever the cut one scores
+    assert any("cut off" in w for w in result.warnings) and "cut off by the picture's edge" in result.explanation
 
 
 def test_threshold_zero_means_fake_with_regions(detector, hopper_rgb, astronaut_rgb):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepfake.faces import LANDMARK_NAMES, crop_face, whole_image_box
+from deepfake.faces import LANDMARK_NAMES, crop_face, outside_fraction, whole_image_box
 
 
 def _iou(a, b) -> float:
@@ -124,3 +124,11 @@ def test_landmarks_in_crop_round_trip(hopper_rgb, hopper_faces):
 
 def test_whole_image_box():
     assert whole_image_box(np.zeros((30, 40, 3), np.uint8)) == (0.0, 0.0, 40.0, 30.0)
+
+
+def test_outside_fraction_measures_the_square_the_cropper_frames():
+    shape = (100, 200)  # height, width
+    assert outside_fraction((80, 30, 120, 70), shape) == 0.0  # a square face well inside
+    assert outside_fraction((0, 30, 20, 70), shape) == pytest.approx(0.25)  # clipped at the left: its square sticks out
+    assert outside_fraction((180, 80, 200, 100), shape) == pytest.approx(0.0)  # fits exactly in the corner
+    assert outside_fraction((190, 90, 200, 100), (95, 195)) == pytest.approx(0.75)
