@@ -33,6 +33,9 @@ from deepfake.results import HISTORY_COLUMNS
 log = logging.getLogger("deepfake.cli")
 
 MODEL_ENV = "DEEPFAKE_MODEL"
+# Face detection runs outside the engine's lock, so while one thread finds faces another scores:
+# two threads scan 1.7x as fast as one on 2 cores (reports/BENCHMARKS.md).
+LOCAL_WORKERS = 2
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
 
@@ -206,7 +209,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                                                    device=args.device, trust_pickle=args.trust_pickle))  # fmt: skip
             workers, outcomes = ray_scan.workers, ray_scan.run(files)
         else:
-            workers = args.workers or 1
+            workers = args.workers or LOCAL_WORKERS
             outcomes = scan_local(files, _load_engine(args), options, workers)
         rows, results = collect(outcomes, len(files), csv_stream, progress=not args.quiet)
     if args.json:
@@ -316,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--csv", metavar="FILE", help="write the results table (written row by row)")
     scan.add_argument("--json", metavar="FILE", help="write the table and every full result")
     scan.add_argument("--workers", type=_positive(int),
-                      help="threads sharing one engine (default 1); with --engine ray, actors (default: cluster CPUs)")  # fmt: skip
+                      help="threads sharing one engine (default 2: one finds faces while another scores); with --engine "
+                           "ray, actors (default: cluster CPUs)")  # fmt: skip
     scan.add_argument("--engine", choices=["local", "ray"], default="local", help="where to run (default: local)")
     scan.add_argument("--address", help="Ray cluster to join, e.g. ray://head:10001 or head:6379 (default: $RAY_ADDRESS, "
                       "else a local Ray)")  # fmt: skip

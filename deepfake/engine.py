@@ -83,6 +83,9 @@ class DetectionEngine:
         batch = torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         return ((batch - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 
+    def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        return torch.sigmoid(logits[:, 0].float() / self.model.temperature).cpu().numpy()
+
     def score(self, crops: list[np.ndarray]) -> np.ndarray:
         """Calibrated fake probabilities, sigmoid(logit / temperature), for RGB crops."""
         if not crops:
@@ -90,26 +93,36 @@ class DetectionEngine:
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
-                logits = self.model.module(self._tensor(crops[start : start + self.batch_size]))
-                out.append(torch.sigmoid(logits[:, 0].float() / self.model.temperature).cpu().numpy())
+                out.append(self._probabilities(self.model.module(self._tensor(crops[start : start + self.batch_size]))))
         return np.concatenate(out)
+
+    def score_and_cams(self, crops: list[np.ndarray], method: str = "gradcam") -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and Grad-CAM maps (FAKE logit, crop coordinates) from one forward pass;
+        maps are None, after a plain scoring pass, if the model has no CAM layer."""
+        layer = cam_layer(self.model.module)
+        if layer is None or not crops:
+            return self.score(crops), None
+        probabilities, maps = [], []
+        with self._lock:
+            cam = create_cam(method, self.model.module, layer)
+            for start in range(0, len(crops), self.batch_size):
+                batch_maps, logits = cam.compute(self._tensor(crops[start : start + self.batch_size]))
+                probabilities.append(self._probabilities(logits))
+                maps.append(batch_maps)
+        return np.concatenate(probabilities), np.concatenate(maps)
 
     def cams(self, crops: list[np.ndarray], method: str = "gradcam") -> np.ndarray | None:
         """Grad-CAM maps for the FAKE logit in crop coordinates, or None if the model has no CAM layer."""
-        layer = cam_layer(self.model.module)
-        if layer is None or not crops:
-            return None
-        with self._lock:
-            cam = create_cam(method, self.model.module, layer)
-            return np.concatenate(
-                [cam(self._tensor(crops[s : s + self.batch_size])) for s in range(0, len(crops), self.batch_size)]
-            )
+        return self.score_and_cams(crops, method)[1]
 
     def faces_for(self, images: list[np.ndarray]) -> list[list[Face]]:
         return self.face_detector.detect_batch(images)
 
-    def score_faces(self, images: list[np.ndarray], faces_per_image: list[list[Face]]) -> list[list[FaceResult]]:
-        """Crop and score every face; an image without faces is scored whole and flagged."""
+    def score_faces(
+        self, images: list[np.ndarray], faces_per_image: list[list[Face]], cam_method: str | None = None
+    ) -> list[list[FaceResult]]:
+        """Crop and score every face; an image without faces is scored whole and flagged. With a
+        ``cam_method``, each face also gets its map, from the same forward pass as its score."""
         crops: list[FaceCrop] = []
         meta: list[tuple[int, Face | None]] = []
         for i, (image, faces) in enumerate(zip(images, faces_per_image)):
@@ -120,9 +133,10 @@ class DetectionEngine:
             else:
                 crops.append(self.crop(image, whole_image_box(image), whole_image=True))
                 meta.append((i, None))
-        probs = self.score([c.pixels for c in crops])
+        pixels = [c.pixels for c in crops]
+        probs, cams = self.score_and_cams(pixels, cam_method) if cam_method else (self.score(pixels), None)
         results: list[list[FaceResult]] = [[] for _ in images]
-        for (i, face), crop, prob in zip(meta, crops, probs):
+        for n, ((i, face), crop, prob) in enumerate(zip(meta, crops, probs)):
             results[i].append(
                 FaceResult(
                     box=face.box if face else whole_image_box(images[i]),
@@ -133,6 +147,7 @@ class DetectionEngine:
                     cut_off=face is not None and outside_fraction(face.box, images[i].shape[:2]) > CUT_OFF_FRACTION,
                     crop=crop.pixels,
                     crop_to_image=crop.crop_to_image,
+                    cam=None if cams is None else cams[n],
                 )
             )
         return results

@@ -45,6 +45,11 @@ class BaseCAM:
         ``inputs`` is the normalised float batch [B, 3, H, W]; each map is upsampled to
         H x W and min-max scaled on its own. The model's train/eval mode is left as is.
         """
+        return self.compute(inputs, output_index)[0]
+
+    def compute(self, inputs: torch.Tensor, output_index: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+        """The maps and the model's logits from the same forward pass (a caller that needs
+        both scores and maps saves a second pass)."""
         if inputs.ndim != 4 or not inputs.is_floating_point():
             shape = tuple(inputs.shape)
             raise ValueError(f"expected a float tensor [B, 3, H, W], got {shape}")
@@ -79,7 +84,8 @@ class BaseCAM:
         cam = F.interpolate(
             cam[:, None], size=(height, width), mode="bilinear", align_corners=False
         )[:, 0]
-        return _minmax_per_sample(cam).cpu().numpy().astype(np.float32)
+        maps = _minmax_per_sample(cam).cpu().numpy().astype(np.float32)
+        return maps, logits.detach()
 
     def channel_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor

@@ -97,6 +97,8 @@ def test_explain_false(detector, hopper_rgb):
     assert result["heatmap_overlay_path"] is None and result["cam_method"] is None
     assert result.warnings == [] and result.faces[0].cam is None
     assert result.faces[0].explanation  # the sentence is still there
+    explained = detector.detect(hopper_rgb)  # scored by the Grad-CAM pass itself
+    assert explained.fake_probability == pytest.approx(result.fake_probability, abs=1e-5)
 
 
 def test_every_source_type_gives_the_same_score(detector, hopper_path, hopper_jpeg_bytes, hopper_rgb, hopper_result):

@@ -138,6 +138,17 @@ def test_batch_output_is_normalised_and_per_sample(
     np.testing.assert_allclose(cams[1], cam(inputs[1:2])[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("cam_class", [GradCAM, GradCAMPlusPlus])
+def test_compute_returns_the_same_maps_and_the_models_logits(
+    cam_class: type, patch_model: PatchModel, inputs: torch.Tensor
+) -> None:
+    maps, logits = cam_class(patch_model, patch_model.conv2).compute(inputs)
+    np.testing.assert_allclose(maps, cam_class(patch_model, patch_model.conv2)(inputs))
+    with torch.no_grad():
+        torch.testing.assert_close(logits, patch_model(inputs))
+    assert not logits.requires_grad
+
+
 def test_all_zero_map_stays_zero(patch_model: PatchModel) -> None:
     cams = GradCAM(patch_model, patch_model.conv2)(torch.zeros(2, 3, SIZE, SIZE))
     assert not np.isnan(cams).any() and (cams == 0).all()
