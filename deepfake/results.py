@@ -233,6 +233,7 @@ class FrameResult:
 class VideoResult(AnalysisResult):
     fps: float = 0.0
     duration_s: float = 0.0
+    decoded_until_s: float | None = None  # frames stopped here, before the stated end: truncated or damaged
     aggregation: dict = field(default_factory=dict)
     timeline: list[FrameResult] = field(default_factory=list)
     suspicious_frames: list[int] = field(default_factory=list)  # positions in ``timeline``, most suspicious first
@@ -254,6 +255,7 @@ class VideoResult(AnalysisResult):
             **self._common_dict(),
             "fps": round(float(self.fps), 3),
             "duration_s": round(float(self.duration_s), 3),
+            "decoded_until_s": None if self.decoded_until_s is None else round(float(self.decoded_until_s), 3),
             "frames_analyzed": self.frame_count,
             "face_count": self.face_count,
             "aggregation": self.aggregation,

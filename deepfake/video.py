@@ -30,6 +30,7 @@ from deepfake.results import FAKE, FrameResult, Timings, VideoResult, classify
 
 CONFIDENT_FAKE = 0.8
 SEEK_GAP_S = 2.0  # closer targets are reached by decoding on; farther ones by seeking to a keyframe
+TRUNCATION_GAP_S = 0.5  # sampling targets this far past the last decodable frame mean a cut-short file
 MAX_FRAME_SIDE = 1920  # 4K frames are scaled down on decode: 32 of them would not fit a laptop
 FACE_BATCH = 8
 
@@ -43,6 +44,9 @@ class VideoInfo:
     fps: float
     duration_s: float
     codec: str
+    # Set when frames ran out (or decoding failed) well before the stated end: a truncated or
+    # damaged file. The frames before that point are analysed; the result says what was missed.
+    decoded_until_s: float | None = None
 
 
 @dataclass
@@ -104,13 +108,19 @@ def sample_frames(data: bytes, name: str, num_frames: int) -> tuple[VideoInfo, l
             info.duration_s = _count_duration(container, stream)
             container.seek(0)
         targets = [(i + 0.5) * info.duration_s / num_frames for i in range(num_frames)]
-        frames = _collect(container, stream, targets, info.fps)
-    except av.error.FFmpegError as exc:
-        raise CorruptFileError(f"'{name}' could not be decoded; it may be truncated or damaged ({exc}).") from exc
+        frames: list[SampledFrame] = []
+        try:
+            _collect(container, stream, targets, info.fps, frames)
+        except av.error.FFmpegError as exc:
+            if not frames:
+                raise CorruptFileError(f"'{name}' could not be decoded; it may be truncated or damaged ({exc}).") from exc
+            info.decoded_until_s = frames[-1].time_s  # damaged further on: keep what decoded
     finally:
         container.close()
     if not frames:
         raise NoDecodableFramesError(f"'{name}' contains no decodable video frames.")
+    if targets[-1] - frames[-1].time_s > max(TRUNCATION_GAP_S, 2 / info.fps):
+        info.decoded_until_s = frames[-1].time_s
     return info, frames
 
 
@@ -123,8 +133,9 @@ def _count_duration(container, stream) -> float:
     return last + 1.0 / float(stream.average_rate or 25)
 
 
-def _collect(container, stream, targets: list[float], fps: float) -> list[SampledFrame]:
-    frames: list[SampledFrame] = []
+def _collect(container, stream, targets: list[float], fps: float, frames: list[SampledFrame]) -> None:
+    """Append the frame nearest each target to ``frames`` (filled in place, so that what decoded
+    before an error is kept)."""
     half_frame = 0.5 / fps
     decoder = _decode_from(container, stream, None)
     position = 0.0
@@ -147,7 +158,6 @@ def _collect(container, stream, targets: list[float], fps: float) -> list[Sample
         if not frames or frames[-1].index != index:
             frames.append(SampledFrame(index, float(chosen.time), _to_rgb(chosen)))
         previous = chosen
-    return frames
 
 
 def aggregate(scores: list[float]) -> tuple[float, dict]:
@@ -232,6 +242,10 @@ class VideoDeepfakeDetector(_Detector):
         order = sorted(range(len(timeline)), key=lambda i: -timeline[i].fake_probability)
         suspicious = [i for i in order if timeline[i].face_found or not with_faces][:top_k]
         warnings = [] if with_faces else ["No face found in any sampled frame: whole frames were scored."]
+        if info.decoded_until_s is not None:
+            warnings.append(f"Frames could be decoded only up to {info.decoded_until_s:.1f} s of the stated "
+                            f"{info.duration_s:.1f} s: the file may be truncated or damaged, and the rest was not "
+                            "analysed.")  # fmt: skip
         overlay_path = None
         folder = None
         if explain and self.engine.cam_available:
@@ -278,6 +292,7 @@ class VideoDeepfakeDetector(_Detector):
             warnings=warnings,
             fps=info.fps,
             duration_s=info.duration_s,
+            decoded_until_s=info.decoded_until_s,
             aggregation=aggregation,
             timeline=timeline,
             suspicious_frames=suspicious,

@@ -131,7 +131,31 @@ def test_progress_and_json(video_result):
     assert json.loads(json.dumps(data)) == data
     assert set(data["timings"]) == {"decode_ms", "faces_ms", "model_ms", "explanation_ms", "total_ms"}
     assert len(data["timeline"]) == 6 and data["model_version"] == "test"
+    assert data["decoded_until_s"] is None and result.warnings == []  # a whole file: nothing was missed
     assert result.history_row()["frames"] == 6 and result.history_row()["media_type"] == "video"
+
+
+def test_a_cut_short_file_is_analysed_as_far_as_it_goes_and_says_so(engine, hopper_rgb, tmp_path):
+    """A download cut off part way (Matroska states its duration up front): the frames before the
+    cut are analysed, and the result says where decoding stopped."""
+    path = tmp_path / "whole.mkv"
+    with av.open(str(path), mode="w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = *CLIP_SIZE, "yuv420p"
+        stream.options = {"g": "5"}
+        for frame in face_frames(hopper_rgb, count=40):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = path.read_bytes()
+    result = VideoDeepfakeDetector(engine=engine).detect(data[: len(data) // 2], num_frames=10, name="partial.mkv",
+                                                         output_dir=tmp_path)  # fmt: skip
+    assert result.duration_s == pytest.approx(4.0, abs=0.2)
+    assert result.decoded_until_s is not None and 0.5 < result.decoded_until_s < 3.0
+    assert 1 <= result.frame_count < 10 and all(fr.time_s <= result.decoded_until_s for fr in result.timeline)
+    assert any("truncated" in w and f"{result.decoded_until_s:.1f} s" in w for w in result.warnings)
+    assert result.to_dict()["decoded_until_s"] == pytest.approx(result.decoded_until_s, abs=1e-3)
 
 
 def test_video_without_faces(engine, tmp_path):
