@@ -222,14 +222,19 @@ def summarize_faces(faces: list[FaceResult], threshold: float) -> str:
     worst = deciding_face(faces)
     if worst.whole_image:
         return f"No face found, so the whole image was judged. {worst.explanation}"
-    summary = worst.explanation
-    if len(faces) > 1:
-        summary = f"Most suspicious of {len(faces)} faces ({worst.fake_probability:.0%} fake): {summary}"
     set_aside = [f for f in faces if f.cut_off and not worst.cut_off]
+    judged = len(faces) - len(set_aside)
+    summary = worst.explanation
+    if judged > 1:
+        kind = "whole faces" if set_aside else "faces"
+        summary = f"Most suspicious of {judged} {kind} ({worst.fake_probability:.0%} fake): {summary}"
+    elif set_aside:
+        summary = f"The whole face ({worst.fake_probability:.0%} fake): {summary}"
     if set_aside:
-        top = max(f.fake_probability for f in set_aside)
-        summary += (f" {len(set_aside)} face{'s' if len(set_aside) > 1 else ''} cut off by the picture's edge "
-                    f"(up to {top:.0%} fake) did not decide the verdict: such scores are less reliable.")  # fmt: skip
+        top = f"{max(f.fake_probability for f in set_aside):.0%} fake"
+        counted = f"{len(set_aside)} faces" if len(set_aside) > 1 else "1 face"
+        summary += (f" {counted} cut off by the picture's edge ({'up to ' if len(set_aside) > 1 else ''}{top}) "
+                    "did not decide the verdict: such scores are less reliable.")  # fmt: skip
     return summary
 
 

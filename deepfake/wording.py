@@ -39,7 +39,11 @@ def verdict_sentence(result: AnalysisResult) -> str:
     if video:
         subject = "the video"
     else:
-        subject = "the most suspicious face" if result.face_count > 1 else "the face"
+        whole = sum(not f.whole_image and not f.cut_off for f in result.faces)
+        if result.face_count > 1 and whole < result.face_count:
+            subject = "the most suspicious whole face" if whole > 1 else "the whole face"
+        else:
+            subject = "the most suspicious face" if result.face_count > 1 else "the face"
     if result.classification == FAKE:
         return (f"Likely manipulated: the model gives {subject} a {score}, at or above the "
                 f"{percent(result.threshold)} threshold.")  # fmt: skip
