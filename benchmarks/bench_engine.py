@@ -107,7 +107,8 @@ def main() -> None:
         "| clip 10 s 720p H.264, 32 frames, 3 heatmaps | {} | {} | {} | {} | **{}** | ≤ 4 s |".format(
             *(f"{video_med[s] / 1000:.2f} s" for s in STAGES)),
         "", f"Faces were found in {faces_found} of {len(result.timeline)} sampled frames. For the photo, the "
-        "model stage includes Grad-CAM (its forward pass gives the scores too); explanation is the suspicious "
+        "model stage includes Grad-CAM (its forward pass gives the scores too) and, for a model with "
+        "flip_average, a pass over the mirrored crops; explanation is the suspicious "
         "regions, the overlay and writing the PNG. For the clip, every frame is scored first and Grad-CAM runs "
         "on the 3 most suspicious frames, inside explanation.", "",
     ]  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 
 from deepfake.faces import Face, FaceCrop, FaceDetector, crop_face, limit_detail, outside_fraction, whole_image_box
 from deepfake.loading import LoadedModel, load_model
-from deepfake.model import cam_layer
+from deepfake.model import cam_layer, fake_logits
 from deepfake.results import FAKE, FaceResult, classify
 from explainability.explanation_builder import (
     cam_to_image,
@@ -83,8 +83,8 @@ class DetectionEngine:
         batch = torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         return ((batch - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 
-    def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(logits[:, 0].float() / self.model.temperature).cpu().numpy()
+    def _probabilities(self, fake_logit: torch.Tensor) -> np.ndarray:
+        return torch.sigmoid(fake_logit / self.model.temperature).cpu().numpy()
 
     def score(self, crops: list[np.ndarray]) -> np.ndarray:
         """Calibrated fake probabilities, sigmoid(logit / temperature), for RGB crops."""
@@ -93,7 +93,8 @@ class DetectionEngine:
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
-                out.append(self._probabilities(self.model.module(self._tensor(crops[start : start + self.batch_size]))))
+                batch = self._tensor(crops[start : start + self.batch_size])
+                out.append(self._probabilities(fake_logits(self.model.module, batch, self.model.config)))
         return np.concatenate(out)
 
     def score_and_cams(self, crops: list[np.ndarray], method: str = "gradcam") -> tuple[np.ndarray, np.ndarray | None]:
@@ -106,8 +107,11 @@ class DetectionEngine:
         with self._lock:
             cam = create_cam(method, self.model.module, layer)
             for start in range(0, len(crops), self.batch_size):
-                batch_maps, logits = cam.compute(self._tensor(crops[start : start + self.batch_size]))
-                probabilities.append(self._probabilities(logits))
+                batch = self._tensor(crops[start : start + self.batch_size])
+                batch_maps, logits = cam.compute(batch)  # the map explains the crop as given
+                with torch.inference_mode():
+                    fake_logit = fake_logits(self.model.module, batch, self.model.config, given=logits)
+                probabilities.append(self._probabilities(fake_logit))
                 maps.append(batch_maps)
         return np.concatenate(probabilities), np.concatenate(maps)
 

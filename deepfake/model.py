@@ -28,6 +28,10 @@ class ModelConfig:
     # inference alike: the real training photos are low-resolution and the GAN portraits sharp,
     # so without a common ceiling on detail a sharp real photo reads as "generated".
     detail_size: int | None = None
+    # Score = mean of the FAKE logits of the crop and its mirror image. Measured on held-out faces,
+    # it raised AUC by about 0.012 against both unseen GAN portraits and pseudo-fakes, for one more
+    # forward pass. Temperatures are fitted to the averaged logit.
+    flip_average: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -35,11 +39,23 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {k: data[k] for k in ("arch", "input_size", "mean", "std", "face_margin", "detail_size", "extra") if k in data}
+        names = ("arch", "input_size", "mean", "std", "face_margin", "detail_size", "flip_average", "extra")
+        known = {k: data[k] for k in names if k in data}
         for key in ("mean", "std"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
         return cls(**known)
+
+
+def fake_logits(
+    module: nn.Module, batch: torch.Tensor, config: ModelConfig, given: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The FAKE logit [B] of normalised crops [B, 3, H, W], as ``config`` says to compute it.
+    ``given``: the module's output for ``batch``, when the caller has it already (a Grad-CAM pass)."""
+    logits = (module(batch) if given is None else given)[:, 0].float()
+    if config.flip_average:
+        logits = (logits + module(batch.flip(3))[:, 0].float()) / 2
+    return logits
 
 
 class SamePadConv2d(nn.Conv2d):

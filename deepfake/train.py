@@ -3,6 +3,7 @@
 Real faces, pseudo-fakes made from them on the fly, and (unless left out) the fake folders.
 Faces are detected and cropped once into a cache; epochs read crops from it. Every epoch writes
 a resumable state; the end writes a calibrated checkpoint (temperature scaling on validation).
+``--init CHECKPOINT --epochs 0`` only recalibrates a trained model (after changing how it scores).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from deepfake.engine import select_device
 from deepfake.faces import limit_detail
 from deepfake.loading import DEFAULT_THRESHOLD, load_model, save_checkpoint
 from deepfake.metrics import expected_calibration_error, fit_temperature, roc_auc
-from deepfake.model import ModelConfig, create_model
+from deepfake.model import ModelConfig, create_model, fake_logits
 from deepfake.pseudofakes import make_pseudo_fake
 
 log = logging.getLogger("deepfake.train")
@@ -59,6 +60,7 @@ class TrainConfig:
     device: str | None = None
     max_steps: int | None = None  # stop early (tests)
     version: str = "1.0.0"
+    flip_average: bool = True  # score = mean logit of the crop and its mirror (ModelConfig.flip_average)
 
 
 class FaceTrainingSet(Dataset):
@@ -121,7 +123,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, config: ModelConfig, de
     model.eval()
     logits, labels = [], []
     for images, targets in loader:
-        logits.append(model(_normalise(images, config, device))[:, 0].float().cpu().numpy())
+        logits.append(fake_logits(model, _normalise(images, config, device), config).cpu().numpy())
         labels.append(targets.numpy())
     return np.concatenate(logits), np.concatenate(labels)
 
@@ -167,24 +169,29 @@ def train(config: TrainConfig) -> dict:
              len(pseudo), len(fakes), [k for k in val_kinds if k not in used])  # fmt: skip
 
     model_config = ModelConfig(arch=config.arch, input_size=config.input_size, face_margin=config.face_margin,
-                               detail_size=config.detail_size)  # fmt: skip
+                               detail_size=config.detail_size, flip_average=config.flip_average)  # fmt: skip
+    start_epoch, history, lineage = 0, [], []
     if config.init:
         model = load_model(config.init).module
         for p in model.parameters():
             p.requires_grad_(True)
+        # A continuation keeps its ancestry: earlier epochs and the configs they were trained with.
+        init = torch.load(config.init, map_location="cpu", weights_only=True)
+        if isinstance(init, dict):
+            history = list(init.get("metrics", {}).get("history", []))
+            lineage = [*init.get("lineage", []), init["train_config"]] if "train_config" in init else []
     else:
         model = create_model(config.arch, pretrained=True)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(min(config.epoch_size, len(items)) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = max(1, steps_per_epoch * config.epochs)  # 1 when only recalibrating (--epochs 0)
     warmup = min(200, total_steps // 10 + 1)
 
     def warmup_cosine(s: int) -> float:
         return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
-    start_epoch, history = 0, []
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -245,7 +252,7 @@ def train(config: TrainConfig) -> dict:
     trained_on += [k[5:] for k in used if k.startswith("fake:")]
     save_checkpoint(out, model, model_config, threshold=DEFAULT_THRESHOLD, temperature=temperature, metrics=metrics,
                     trained_on=trained_on, version=config.version,
-                    extra={"name": f"{config.arch}-deepfake", "train_config": asdict(config)})  # fmt: skip
+                    extra={"name": f"{config.arch}-deepfake", "train_config": asdict(config), "lineage": lineage})  # fmt: skip
     headline = {k: v for k, v in metrics.items() if k != "history"}
     log.info("wrote %s (temperature %.3f): %s", out, temperature, json.dumps(headline))
     return metrics
@@ -268,6 +275,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--init", help="start from this checkpoint")
     parser.add_argument("--device")
     parser.add_argument("--version", default=defaults.version)
+    parser.add_argument("--no-flip-average", dest="flip_average", action="store_false",
+                        help="score crops as given, without averaging with their mirror image")  # fmt: skip
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 

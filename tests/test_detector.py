@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from deepfake import DetectionResult, ImageDeepfakeDetector
+from deepfake import DetectionEngine, DetectionResult, ImageDeepfakeDetector
 from deepfake.engine import deciding_face
 from deepfake.errors import ModelNotFoundError
 from deepfake.results import HISTORY_COLUMNS, FaceResult
@@ -250,3 +251,16 @@ def test_concurrent_calls_match_sequential(detector, hopper_rgb, astronaut_rgb, 
     assert concurrent[0]["sha256"] != concurrent[1]["sha256"]
     # The random model is not constant, so a mix-up between requests would show.
     assert abs(concurrent[0]["fake_probability"] - concurrent[1]["fake_probability"]) > 1e-3
+
+
+def test_flip_average_scores_a_face_and_its_mirror_alike(random_checkpoint, hopper_rgb, tmp_path):
+    checkpoint = torch.load(random_checkpoint, weights_only=True)
+    checkpoint["config"]["flip_average"] = True
+    torch.save(checkpoint, tmp_path / "flip.pth")
+    flip, plain = DetectionEngine.load(tmp_path / "flip.pth", device="cpu"), DetectionEngine.load(random_checkpoint)
+    crop = flip.crop(hopper_rgb, (174, 120, 356, 340)).pixels
+    mirror = np.ascontiguousarray(crop[:, ::-1])
+    assert abs(plain.score([crop])[0] - plain.score([mirror])[0]) > 1e-4  # the network itself is not symmetric
+    assert flip.score([crop])[0] == pytest.approx(flip.score([mirror])[0], abs=1e-5)
+    probabilities, cams = flip.score_and_cams([crop])  # the explaining path scores the same way
+    assert probabilities[0] == pytest.approx(flip.score([crop])[0], abs=1e-5) and cams.shape == (1, 224, 224)

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from deepfake.data import assign_splits, scan
 from deepfake.evaluate import evaluate
@@ -74,6 +75,19 @@ def test_train_writes_a_loadable_calibrated_checkpoint_and_resumes(tiny_data, tm
     log = out.with_suffix(".log").read_text()
     assert "resumed from" in log and "epoch 2:" in log
     assert len(load_model(out).metrics["history"]) == 2
+    assert load_model(out).config.flip_average  # the default for new models
+
+    # Recalibrating only (--init, --epochs 0): same weights, a new temperature for plain scoring,
+    # and the model's ancestry kept.
+    plain = tmp_path / "plain.pth"
+    train_main(["--data", str(tiny_data), "--out", str(plain), "--cache", str(tmp_path / "cache"), "--init", str(out),
+                "--epochs", "0", "--input-size", "64", "--val-fraction", "0.5", "--workers", "0", "--no-flip-average",
+                "--version", "test-2"])  # fmt: skip
+    before, after = torch.load(out, weights_only=True), torch.load(plain, weights_only=True)
+    assert after["config"]["flip_average"] is False and after["version"] == "test-2"
+    assert all(torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
+    assert after["metrics"]["history"] == before["metrics"]["history"]
+    assert after["lineage"] == [before["train_config"]]
 
 
 def test_unseen_kind_protocol_holds_out_the_fake_folders(tiny_data, tmp_path):
