@@ -265,7 +265,7 @@ with history_tab:
             "fake_probability": st.column_config.NumberColumn("Fake probability", format="percent"),
             "confidence": st.column_config.NumberColumn("Confidence", format="percent"),
             "threshold": st.column_config.NumberColumn("Threshold", format="percent"),
-            "faces": "Faces", "frames": "Frames checked", "error": "Problem",
+            "faces": "Faces", "frames": "Frames checked", "warnings": "Caveats", "error": "Problem",
             "duration_ms": st.column_config.NumberColumn("Time taken (ms)", format="%.0f"), "sha256": "SHA-256",
         })  # fmt: skip
         st.caption("Click a column header to sort. Labels follow the threshold set in the sidebar; times are when "

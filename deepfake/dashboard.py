@@ -56,7 +56,7 @@ METRIC_COLUMNS = ("n", "auc", "accuracy", "precision", "recall", "f1", "eer", "f
 EVALUATION_PLOTS = ("roc", "reliability", "confusion", "pr", "histogram")
 # What a reader looks for first; the export schema keeps its own order (HISTORY_COLUMNS).
 HISTORY_DISPLAY_ORDER = ("analyzed_at", "file_name", "verdict", "fake_probability", "threshold", "faces", "frames",
-                         "media_type", "error", "duration_ms", "model_version", "sha256")  # fmt: skip
+                         "media_type", "warnings", "error", "duration_ms", "model_version", "sha256")  # fmt: skip
 
 
 def model_path_from_env() -> str | None:

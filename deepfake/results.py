@@ -21,7 +21,7 @@ REAL, FAKE, NO_FACE = "REAL", "FAKE", "NO FACE"
 # The history/export schema: one row per analysed file, shared by the dashboard, API and CLI.
 HISTORY_COLUMNS = (
     "analyzed_at", "file_name", "sha256", "media_type", "verdict", "classification", "fake_probability",
-    "confidence", "threshold", "faces", "frames", "model_name", "model_version", "duration_ms", "error",
+    "confidence", "threshold", "faces", "frames", "model_name", "model_version", "duration_ms", "warnings", "error",
 )  # fmt: skip
 
 
@@ -178,6 +178,7 @@ class AnalysisResult(_Mapping):
             "model_name": self.model_name,
             "model_version": self.model_version,
             "duration_ms": round(float(self.timings.total_ms), 1),
+            "warnings": " | ".join(self.warnings),  # caveats travel with the verdict into every export
             "error": "",
         }
 

@@ -111,3 +111,11 @@ def test_sample_fake_blends_the_face_only(engine, hopper_rgb):
     assert xs.min() >= centre[0] - half - 1 and xs.max() <= centre[0] + half + 1
     assert ys.min() >= centre[1] - half - 1 and ys.max() <= centre[1] + half + 1
     assert sample_fake(engine.face_detector)[1] == data, "the same fake every time"
+
+
+def test_caveats_travel_with_the_verdict_into_the_exports(engine):
+    wall = np.tile(np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None], (120, 1, 3))  # no face
+    result = ImageDeepfakeDetector(engine=engine).detect(wall, explain=False, name="wall.png")
+    row = history_row(result)
+    assert "No face found" in row["warnings"] and row["warnings"] == " | ".join(result.warnings)
+    assert "No face found" in list(csv.DictReader(io.StringIO(history_csv([row]))))[0]["warnings"]
