@@ -267,7 +267,8 @@ def cmd_dashboard(args: argparse.Namespace) -> NoReturn:
     """Replace this process with Streamlit (so it receives signals directly, e.g. as a container's PID 1)."""
     app = Path(__file__).resolve().parent.parent / "app.py"
     if args.model:
-        os.environ[MODEL_ENV] = args.model
+        os.environ[MODEL_ENV] = str(Path(args.model).resolve())
+    os.chdir(app.parent)  # Streamlit reads .streamlit/config.toml (upload limit, no file watcher) from here
     os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
                               "--server.address", args.host, "--server.port", str(args.port)])  # fmt: skip
 

@@ -70,8 +70,7 @@ def server(random_checkpoint, tmp_path_factory) -> Iterator[str]:
     env = {**os.environ, "DEEPFAKE_MODEL": str(random_checkpoint), "PYTHONUNBUFFERED": "1",
            "DEEPFAKE_REPORTS": str(synthetic_reports(tmp_path_factory.mktemp("reports")))}  # fmt: skip
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-               "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none"]  # fmt: skip
+               "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"]  # fmt: skip
     log = (ARTIFACTS / "streamlit.log").open("w")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)  # fmt: skip
