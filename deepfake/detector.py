@@ -16,7 +16,7 @@ import torch
 
 from deepfake.engine import DetectionEngine, deciding_face, explain_faces, render_overlay, summarize_faces
 from deepfake.errors import UnsupportedFormatError
-from deepfake.media import MAX_IMAGE_PIXELS, Source, decode_image_bytes, load_image, read_media
+from deepfake.media import MAX_IMAGE_PIXELS, Source, decode_image_bytes, load_image, read_media, require_face_sized
 from deepfake.results import DetectionResult, Timings
 from explainability.gradcam import CAM_METHODS
 
@@ -167,6 +167,7 @@ def _decode(source: Source, name: str | None, max_pixels: int) -> tuple[np.ndarr
         media = read_media(source, name)
         if media.kind != "image":
             raise UnsupportedFormatError(f"'{media.name}' is a video; use VideoDeepfakeDetector for it.")
-        return decode_image_bytes(media.data, media.name, max_pixels), media.name, media.sha256
-    image = load_image(source, name, max_pixels)
+        image = decode_image_bytes(media.data, media.name, max_pixels)
+        return require_face_sized(image, media.name), media.name, media.sha256
+    image = require_face_sized(load_image(source, name, max_pixels), name or "image")
     return image, name or "image", hashlib.sha256(image.tobytes()).hexdigest()

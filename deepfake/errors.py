@@ -55,6 +55,12 @@ class ImageTooLargeError(InputError):
     code = "image_too_large"
 
 
+class ImageTooSmallError(InputError):
+    """Too few pixels to hold a face the detector could find."""
+
+    code = "image_too_small"
+
+
 class NoDecodableFramesError(InputError):
     code = "no_decodable_frames"
 

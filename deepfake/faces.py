@@ -114,6 +114,7 @@ class FaceDetector:
         from facenet_pytorch import MTCNN  # heavy import, only when a detector is built
 
         self.device = torch.device(device)
+        self.min_face_size = min_face_size
         self.min_score = min_score
         self.max_side = max_side
         self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, device=self.device, post_process=False)
@@ -129,6 +130,8 @@ class FaceDetector:
             return [self.detect_batch([im])[0] for im in images]
         height, width = images[0].shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
+        if min(height, width) * scale < self.min_face_size:  # no findable face fits (and MTCNN would fail)
+            return [[] for _ in images]
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images]

@@ -20,6 +20,7 @@ from deepfake.errors import (
     CorruptFileError,
     EmptyFileError,
     ImageTooLargeError,
+    ImageTooSmallError,
     InputError,
     MediaNotFoundError,
     NotMediaError,
@@ -27,6 +28,7 @@ from deepfake.errors import (
 )
 
 MAX_IMAGE_PIXELS = 40_000_000
+MIN_IMAGE_SIDE = 32  # below this no face can be found (MTCNN looks for faces of 20 px and more)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".webm", ".mkv")
 
@@ -127,6 +129,17 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXEL
     return _pil_to_rgb(image)
 
 
+def require_face_sized(image: np.ndarray, name: str) -> np.ndarray:
+    """The image, if it is big enough to hold a face that can be found and judged."""
+    height, width = image.shape[:2]
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageTooSmallError(
+            f"'{name}' is {width}x{height} pixels, too small to hold a face that can be judged "
+            f"(at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} is needed)."
+        )
+    return image
+
+
 def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
     if width <= 0 or height <= 0:
         raise CorruptFileError(f"'{name}' has no pixels ({width}x{height}).")
@@ -139,6 +152,13 @@ def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # High-bit-depth grey (16-bit PNG or TIFF): PIL's own conversion clips at 255, which
+        # turns most of the picture white. Scale the 16-bit range down instead.
+        grey = np.asarray(image, dtype=np.float64)
+        if grey.max() > 255:
+            grey = grey * 255 / 65535
+        image = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -159,6 +179,8 @@ def _array_to_rgb(array: np.ndarray, max_pixels: int) -> np.ndarray:
             raise CorruptFileError("The image array contains NaN or infinite values.")
         scale = 255.0 if array.max() <= 1.0 else 1.0
         array = np.clip(array * scale, 0, 255).round()
+    elif array.dtype == np.uint16:
+        array = array / 257  # 16-bit samples: 65535 is white
     elif array.dtype != np.uint8:
         array = np.clip(array, 0, 255)
     array = array.astype(np.uint8)

@@ -21,6 +21,7 @@ from deepfake.errors import (
     DeepfakeError,
     EmptyFileError,
     ImageTooLargeError,
+    ImageTooSmallError,
     InputError,
     MediaNotFoundError,
     NoDecodableFramesError,
@@ -252,3 +253,38 @@ def test_truncated_mp4_with_index_first(video_detector, tmp_path):
     with pytest.raises((CorruptFileError, NoDecodableFramesError)) as excinfo:
         video_detector.detect(data[: len(data) * 2 // 3], name="partial.mp4")
     _check(excinfo, "partial.mp4")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (400, 20)])
+def test_an_image_too_small_for_a_face_is_refused(image_detector, hopper_rgb, size):
+    data = io.BytesIO()
+    Image.fromarray(hopper_rgb).resize(size).save(data, "PNG")
+    with pytest.raises(ImageTooSmallError) as excinfo:
+        image_detector.detect(data.getvalue(), name="icon.png")
+    _check(excinfo, "icon.png", f"{size[0]}x{size[1]}", "too small")
+
+
+def test_a_tiny_video_is_scored_whole_instead_of_crashing(video_detector):
+    frames = [np.full((16, 16, 3), 60 + 20 * i, np.uint8) for i in range(4)]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    result = video_detector.detect(buffer.getvalue(), name="tiny.mp4", num_frames=2, explain=False)
+    assert result.verdict == "NO FACE" and any("no face" in w.lower() for w in result.warnings)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(image_detector, hopper_rgb):
+    grey8 = np.asarray(Image.fromarray(hopper_rgb).convert("L"))
+    grey16 = grey8.astype(np.uint16) * 257
+    data = io.BytesIO()
+    Image.fromarray(grey16).save(data, "PNG")  # a 16-bit greyscale PNG
+    from_file = load_image(data.getvalue())
+    assert np.abs(from_file[..., 0].astype(int) - grey8).max() <= 1  # not a white picture
+    assert np.abs(load_image(grey16).astype(int) - load_image(grey8).astype(int)).max() <= 1  # arrays too
+    assert image_detector.detect(data.getvalue(), name="grey16.png", explain=False).face_found
