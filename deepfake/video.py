@@ -79,12 +79,24 @@ def _info(container: av.container.InputContainer) -> VideoInfo:
     return VideoInfo(stream.codec_context.width, stream.codec_context.height, fps, duration, stream.codec_context.name)
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    scale = min(1.0, MAX_FRAME_SIDE / max(frame.width, frame.height))
-    if scale < 1.0:
-        return frame.to_ndarray(format="rgb24", width=round(frame.width * scale) // 2 * 2,
-                                height=round(frame.height * scale) // 2 * 2)
-    return frame.to_ndarray(format="rgb24")
+def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """Even width and height, the longer side at most ``max_side``."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(2, round(width * scale) // 2 * 2), max(2, round(height * scale) // 2 * 2)
+
+
+def _upright(image: np.ndarray, frame: av.VideoFrame) -> np.ndarray:
+    """The picture as players show it: phones store portrait video on its side, with a rotation
+    to apply on display (counter-clockwise degrees)."""
+    turns = round(frame.rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+def _to_rgb(frame: av.VideoFrame, max_side: int | None = None) -> np.ndarray:
+    width, height = _scaled_size(frame.width, frame.height, max_side or MAX_FRAME_SIDE)
+    if (width, height) != (frame.width, frame.height):
+        return _upright(frame.to_ndarray(format="rgb24", width=width, height=height), frame)
+    return _upright(frame.to_ndarray(format="rgb24"), frame)
 
 
 def _decode_from(container, stream, seek_to: float | None) -> Iterator[av.VideoFrame]:
@@ -119,6 +131,9 @@ def sample_frames(data: bytes, name: str, num_frames: int) -> tuple[VideoInfo, l
         container.close()
     if not frames:
         raise NoDecodableFramesError(f"'{name}' contains no decodable video frames.")
+    upright_h, upright_w = frames[0].image.shape[:2]
+    if (upright_h > upright_w) != (info.height > info.width):  # stored on its side: report it as shown
+        info.width, info.height = info.height, info.width
     if targets[-1] - frames[-1].time_s > max(TRUNCATION_GAP_S, 2 / info.fps):
         info.decoded_until_s = frames[-1].time_s
     return info, frames
@@ -340,20 +355,24 @@ def write_annotated_video(data: bytes, path: Path, timeline: list[FrameResult], 
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         width, height = stream.codec_context.width, stream.codec_context.height
-        scale = min(1.0, max_side / max(width, height))
-        out_w, out_h = max(2, round(width * scale) // 2 * 2), max(2, round(height * scale) // 2 * 2)
+        # Boxes are in the analysed frames' coordinates (upright, at most MAX_FRAME_SIDE).
+        analysed_w = _scaled_size(width, height, MAX_FRAME_SIDE)[0]
+        out_w = _scaled_size(width, height, max_side)[0]
         rate = Fraction(stream.average_rate or 25).limit_denominator(1001)
         tmp = path.with_suffix(".part.mp4")
         with av.open(str(tmp), mode="w", options={"movflags": "+faststart"}) as output:
             encoder = output.add_stream("libx264", rate=rate)
-            encoder.width, encoder.height, encoder.pix_fmt = out_w, out_h, "yuv420p"
+            encoder.pix_fmt = "yuv420p"
             encoder.options = {"preset": "veryfast", "crf": "23"}
+            sized = False
             for frame in container.decode(stream):
                 if frame.time is None:
                     continue
-                image = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
+                image = _to_rgb(frame, max_side)
+                if not sized:  # the upright size, known from the first frame
+                    encoder.width, encoder.height, sized = image.shape[1], image.shape[0], True
                 nearest = timeline[int(np.abs(times - frame.time).argmin())]
-                _draw_faces(image, nearest, out_w / width, threshold)
+                _draw_faces(image, nearest, out_w / analysed_w, threshold)
                 for packet in encoder.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                     output.mux(packet)
             for packet in encoder.encode():

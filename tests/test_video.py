@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from conftest import CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, face_frames, make_clip
 from PIL import Image
 
 from deepfake import VideoDeepfakeDetector, VideoResult
+from deepfake import video as video_module
 from deepfake.video import CONFIDENT_FAKE, aggregate, sample_frames
 
 DURATION = CLIP_FRAMES / CLIP_FPS
@@ -197,3 +199,42 @@ def test_aggregate_run_must_be_long_enough():
     # All frames confident: the run is the whole clip and equals the mean.
     value, details = aggregate([0.9] * 5)
     assert value == pytest.approx(0.9) and details["rule"] == "mean"
+
+
+def test_a_phone_video_stored_on_its_side_is_analysed_upright(engine, hopper_rgb, tmp_path):
+    """Phones store portrait video landscape, with a display rotation; faces are only found upright."""
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = CLIP_SIZE[1], CLIP_SIZE[0], "yuv420p"  # stored sideways
+        stream.set_display_rotation(90)  # players turn it 90 degrees counter-clockwise
+        for frame in face_frames(hopper_rgb, count=10):
+            sideways = np.ascontiguousarray(np.rot90(frame, -1))  # what the sensor recorded
+            for packet in stream.encode(av.VideoFrame.from_ndarray(sideways, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    result = VideoDeepfakeDetector(engine=engine).detect(path.read_bytes(), num_frames=4, name="phone.mp4",
+                                                         annotate=True, output_dir=tmp_path)  # fmt: skip
+    assert (result.width, result.height) == CLIP_SIZE  # as shown, not as stored
+    assert all(fr.image.shape[:2] == CLIP_SIZE[::-1] for fr in result.timeline)
+    assert all(fr.face_found for fr in result.timeline)
+    with av.open(result.annotated_video_path) as annotated:
+        first = next(annotated.decode(video=0))
+        assert (first.width, first.height) == CLIP_SIZE and first.rotation == 0  # upright, boxes drawn on it
+
+
+def test_boxes_land_on_the_faces_when_frames_were_analysed_scaled_down(engine, synthetic_clip, tmp_path, monkeypatch):
+    """Big (4K) frames are analysed scaled down; the annotated video must scale the boxes back."""
+    monkeypatch.setattr(video_module, "MAX_FRAME_SIDE", 160)  # as a 4K clip is brought to 1920
+    result = VideoDeepfakeDetector(engine=engine).detect(synthetic_clip, num_frames=1, annotate=True,
+                                                         output_dir=tmp_path, threshold=1.0)  # fmt: skip
+    [frame] = result.timeline
+    assert frame.image.shape[:2] == (120, 160) and frame.face_found
+    with av.open(result.annotated_video_path) as annotated:
+        images = [f.to_ndarray(format="rgb24").astype(int) for f in annotated.decode(video=0)]
+    with av.open(io.BytesIO(synthetic_clip)) as original:
+        plain = [f.to_ndarray(format="rgb24").astype(int) for f in original.decode(video=0)][frame.index]
+    drawn = np.argwhere(np.abs(images[frame.index] - plain).max(axis=2) > 80)  # the box and its label
+    x1, _, _, y2 = (2 * v for v in frame.faces[0].box)  # analysed at half size
+    assert abs(drawn[:, 1].min() - x1) < 6 and abs(drawn[:, 0].max() - y2) < 6  # left and bottom edges
