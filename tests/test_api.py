@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from types import SimpleNamespace
 import cv2
 import httpx
 import pytest
+from PIL import Image
 
 from deepfake import ImageDeepfakeDetector
 from deepfake.api import ApiSettings, RateLimiter, create_app, hash_key, load_key_hashes, match_key, parse_keys
@@ -236,6 +238,9 @@ def test_bad_uploads(servers, hopper_jpeg_bytes, synthetic_clip):
     corrupt = assert_error(post(**upload(hopper_jpeg_bytes[:3000], "cut.jpg")), 422, "corrupt_file")
     assert "'cut.jpg' is truncated or corrupt" in corrupt["detail"]  # the engine's own message
     assert_error(post(**upload(b"", "empty.jpg")), 422, "empty_file")
+    icon = io.BytesIO()
+    Image.new("RGB", (16, 16), "white").save(icon, "PNG")
+    assert_error(post(**upload(icon.getvalue(), "icon.png")), 422, "image_too_small")
     assert_error(post(data={"threshold": "0.5"}, files={"other": ("x", b"x")}), 422, "missing_file")
     assert_error(post(**upload(hopper_jpeg_bytes, "h.jpg", threshold="high")), 422, "invalid_option")
     assert_error(post("/v1/detect/video", **upload(synthetic_clip, "c.mp4", num_frames=0)), 422, "invalid_option")
