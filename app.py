@@ -22,6 +22,7 @@ from deepfake.wording import (
     CAVEAT,
     METHOD_LABELS,
     duration,
+    face_caption,
     file_size,
     markdown_literal,
     percent,
@@ -130,8 +131,7 @@ def faces_row(faces: list[FaceResult], label: str) -> None:
     st.markdown(label)
     for start in range(0, len(crops), 6):
         for column, (number, face) in zip(st.columns(6), enumerate(crops[start : start + 6], start + 1)):
-            cut_off = " (cut off by the edge)" if face.cut_off else ""
-            column.image(face.crop, caption=f"Face {number}: {percent(face.fake_probability)} fake{cut_off}")
+            column.image(face.crop, caption=face_caption(number, face))
 
 
 def heatmap_view(analysis: Analysis, result: DetectionResult | VideoResult) -> None:

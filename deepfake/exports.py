@@ -16,7 +16,7 @@ import numpy as np
 from deepfake.engine import render_overlay
 from deepfake.figures import encode_jpeg, encode_png, fit, gauge_png, timeline_png
 from deepfake.results import HISTORY_COLUMNS, AnalysisResult, DetectionResult, FaceResult, VideoResult, now_iso
-from deepfake.wording import CAVEAT, METHOD_LABELS, duration, percent, verdict_badge, verdict_sentence
+from deepfake.wording import CAVEAT, METHOD_LABELS, duration, face_caption, percent, verdict_badge, verdict_sentence
 
 REPORT_IMAGE_SIDE = 900  # pixels: enough to see a face, small enough to mail a report of a session
 
@@ -62,25 +62,24 @@ def _photo(image: np.ndarray, alt: str) -> str:
     return _img(encode_jpeg(fit(image, REPORT_IMAGE_SIDE)), "image/jpeg", alt, "photo")
 
 
-def _figure(image_html: str, caption: str) -> str:
-    return f"<figure>{image_html}<figcaption>{html.escape(caption)}</figcaption></figure>"
+def _figure(image_html: str, caption: str, css: str = "") -> str:
+    return f"<figure class='{css}'>{image_html}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _faces_html(faces: list[FaceResult]) -> str:
     crops = [f for f in faces if not f.whole_image and f.crop is not None]
     if not crops:
         return ""
-    figures = "".join(_figure(_img(encode_png(f.crop), "image/png", f"face {i}", "face"),
-                              f"Face {i}: {percent(f.fake_probability)} fake")  # fmt: skip
+    figures = "".join(_figure(_img(encode_png(f.crop), "image/png", f"face {i}", "face"), face_caption(i, f))
                       for i, f in enumerate(crops, 1))
     return f"<h3>Faces</h3><div class='row'>{figures}</div>"
 
 
 def _heatmap_pair(image: np.ndarray, faces: list[FaceResult], caption: str, opacity: float) -> str:
-    pictures = _figure(_photo(image, "original"), f"{caption}: original")
+    pictures = _figure(_photo(image, "original"), f"{caption}: original", "picture")
     if any(f.cam is not None for f in faces):
         pictures += _figure(_photo(render_overlay(image, faces, opacity), "heatmap"),
-                            f"{caption}: heatmap (warm colours: where the model looked hardest)")  # fmt: skip
+                            f"{caption}: heatmap (warm colours: where the model looked hardest)", "picture")  # fmt: skip
     return f"<div class='row'>{pictures}</div>"
 
 
@@ -139,6 +138,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1em; color: #212121; line-height: 1.45; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 figure { margin: 0; } figcaption { font-size: 0.85em; color: #555; }
+figure.picture { flex: 1 1 300px; max-width: 520px; } /* original and heatmap side by side, same size */
 img.photo { max-width: 520px; width: 100%; } img.face { width: 160px; } img.gauge { width: 300px; }
 img.chart { max-width: 100%; }
 table { border-collapse: collapse; font-size: 0.9em; } table.facts { flex: 1; min-width: 320px; } th, td { text-align: left; padding: 0.2em 0.6em; }

@@ -3,7 +3,7 @@ say the same thing in the same words. Written for readers who are not machine-le
 
 from __future__ import annotations
 
-from deepfake.results import FAKE, NO_FACE, AnalysisResult
+from deepfake.results import FAKE, NO_FACE, AnalysisResult, FaceResult
 
 CAVEAT = (
     "Scores are probabilities estimated by a machine-learning model, not proof. A high score is a reason "
@@ -62,3 +62,8 @@ MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!|$:~&")
 def markdown_literal(text: str) -> str:
     """``text`` shown as typed in Markdown (file names may hold ``*``, ``_``, ``[`` or ``$``)."""
     return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in text)
+
+
+def face_caption(number: int, face: FaceResult) -> str:
+    cut_off = " (cut off by the edge)" if face.cut_off else ""
+    return f"Face {number}: {percent(face.fake_probability)} fake{cut_off}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -119,3 +120,9 @@ def test_caveats_travel_with_the_verdict_into_the_exports(engine):
     row = history_row(result)
     assert "No face found" in row["warnings"] and row["warnings"] == " | ".join(result.warnings)
     assert "No face found" in list(csv.DictReader(io.StringIO(history_csv([row]))))[0]["warnings"]
+
+
+def test_report_marks_a_face_cut_off_by_the_edge(photo):
+    cut = dataclasses.replace(photo, faces=[dataclasses.replace(photo.faces[0], cut_off=True)])
+    assert "Face 1: " in html_report([photo]) and "(cut off by the edge)" not in html_report([photo])
+    assert "(cut off by the edge)" in html_report([cut])
