@@ -5,7 +5,9 @@ Face level: every detected face carries its file's label. Image level: the file'
 most suspicious face, as in the app: faces cut off by the picture's edge count only when no whole
 face is found (the whole image when no face is found, which is counted and listed).
 With ``--pseudo-fakes`` every real face also yields a seeded pseudo-fake, for the
-pseudo-fake validation metrics per source and demographic group.
+pseudo-fake validation metrics per source and demographic group. With ``--robustness`` every
+file is scored again after the degradations media suffer on the way to a user (JPEG
+recompression, downscaling), applied alike to real and fake files.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -31,6 +35,24 @@ from deepfake.pseudofakes import make_pseudo_fake
 FALSE_ALARM_BUDGET = 0.10
 
 
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _half(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    return cv2.resize(image, (max(1, width // 2), max(1, height // 2)), interpolation=cv2.INTER_AREA)
+
+
+# What messaging apps and social networks do to a picture before it reaches a fact-checker.
+PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "JPEG quality 50": lambda image: _jpeg(image, 50),
+    "half size": _half,
+    "half size, then JPEG quality 50": lambda image: _jpeg(_half(image), 50),
+}
+
+
 @dataclass
 class Sample:
     """One scored unit: a face (face level) or a file (image level)."""
@@ -44,7 +66,8 @@ class Sample:
     face_found: bool
 
 
-def score_files(engine: DetectionEngine, records: list[Record], pseudo_fakes: bool, seed: int = 0):
+def score_files(engine: DetectionEngine, records: list[Record], pseudo_fakes: bool, seed: int = 0,
+                perturb: Callable[[np.ndarray], np.ndarray] | None = None):  # fmt: skip
     faces_out: list[Sample] = []
     images_out: list[Sample] = []
     unreadable: list[dict] = []
@@ -56,6 +79,8 @@ def score_files(engine: DetectionEngine, records: list[Record], pseudo_fakes: bo
         except DeepfakeError as exc:
             unreadable.append({"path": record.path, "reason": exc.message})
             continue
+        if perturb is not None:
+            image = perturb(image)
         faces = engine.faces_for([image])[0]
         scored = engine.score_faces([image], [faces])[0]
         if not faces:
@@ -172,6 +197,7 @@ def _table(rows: dict, keys=("n", "auc", "accuracy", "precision", "recall", "f1"
 def evaluate(
     data: str, model: str | None, out: str, *, cache: str | None = None, split: str = "all",
     pseudo_fakes: bool = False, max_per_source: int | None = None, threshold: float | None = None, seed: int = 0,
+    robustness: bool = False,
 ) -> dict:  # fmt: skip
     engine = DetectionEngine.load(model)
     threshold = float(threshold if threshold is not None else engine.model.threshold)
@@ -211,6 +237,11 @@ def evaluate(
     if pseudo_fakes:
         pseudo = [s for s in images if s.label == 0 or s.source.startswith("pseudo:")]
         report["pseudo_fake_level"] = summarize(*_arrays(pseudo), threshold)
+    if robustness:
+        report["robustness"] = {"as given": report["image_level"]}
+        for name, perturb in PERTURBATIONS.items():
+            _, perturbed, _, _ = score_files(engine, records, False, seed, perturb)
+            report["robustness"][name] = summarize(*_arrays(perturbed), threshold)
     report["plots"] = _plots(labels, scores, threshold, out_dir, "")
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
     write_reports(report, out_dir)
@@ -240,6 +271,10 @@ def write_reports(report: dict, out: Path) -> None:
     ]  # fmt: skip
     if "pseudo_fake_level" in report:
         lines += ["## Pseudo-fakes made from held-out real faces", "", _table({"real vs pseudo": report["pseudo_fake_level"]})]
+    if "robustness" in report:
+        lines += ["## Robustness: the same files after degradation", "",
+                  "Every file, real and fake alike, re-encoded as media are on their way to a user, then scored "
+                  "again (image level, real vs fake folders).", "", _table(report["robustness"])]  # fmt: skip
     lines += ["## Per source", "", "Each real source against all fakes; each fake source against all reals.", "",
               _table(report["by_source"]), "## Per demographic group", "",
               "Gender/ethnicity from file names where they exist (UTKFace, GAN portraits). `fpr` is the false-alarm "
@@ -297,9 +332,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-per-source", type=int)
     parser.add_argument("--threshold", type=float)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--robustness", action="store_true",
+                        help="also score every file after JPEG recompression and downscaling")  # fmt: skip
     args = parser.parse_args(argv)
     report = evaluate(args.data, args.model, args.out, cache=args.cache, split=args.split, pseudo_fakes=args.pseudo_fakes,
-                      max_per_source=args.max_per_source, threshold=args.threshold, seed=args.seed)  # fmt: skip
+                      max_per_source=args.max_per_source, threshold=args.threshold, seed=args.seed,
+                      robustness=args.robustness)  # fmt: skip
     img = report["image_level"]
     print(f"image level: AUC {_fmt(img['auc'])}, accuracy {img['accuracy']:.4f}, EER {_fmt(img['eer'])}, "
           f"ECE {_fmt(img['ece'])}; reports in {args.out}")  # fmt: skip
