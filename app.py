@@ -329,7 +329,8 @@ with performance_tab:
         if evaluation.threshold_report:
             with st.expander("Threshold report: why the threshold is where it is"):
                 st.markdown(dashboard.demote_headings(evaluation.threshold_report, 3))
-        for key, title in (("by_source", "By source of the files"), ("by_group", "By demographic group")):
+        for key, title in (("robustness", "After re-encoding, as messaging apps do (real and fake files alike)"),
+                           ("by_source", "By source of the files"), ("by_group", "By demographic group")):  # fmt: skip
             if report.get(key):
                 st.subheader(title)
                 st.dataframe(dashboard.breakdown_table(report[key]), column_config={

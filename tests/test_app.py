@@ -153,6 +153,7 @@ def test_model_performance_view(monkeypatch, app, empty_reports):
         "image_level": summarize(labels, scores, 0.6), "face_level": summarize(labels, scores, 0.6),
         "threshold_sweep": threshold_sweep(labels, scores),
         "by_source": {"lfw": summarize(labels, scores, 0.6)}, "by_group": {}, "plots": ["roc.png"],
+        "robustness": {"as given": summarize(labels, scores, 0.6), "JPEG quality 50": summarize(labels, scores * 0.9, 0.6)},
     }  # fmt: skip
     (empty_reports / "metrics.json").write_text(json.dumps(metrics, default=float))
     (empty_reports / "roc.png").write_bytes(encode_png(np.full((40, 40, 3), 200, np.uint8)))
@@ -166,6 +167,7 @@ def test_model_performance_view(monkeypatch, app, empty_reports):
     assert confusion.to_numpy().sum() == 200
     assert any("Keep 0.60" in m.value for m in app.markdown)
     assert "lfw" in next(t for t in tables if "fnr" in t.columns and "lfw" in t.index).index
+    assert "JPEG quality 50" in next(t for t in tables if "as given" in t.index).index
 
     (empty_reports / "metrics.json").write_text("{ not json")
     app.run()
