@@ -47,6 +47,7 @@ def _half(image: np.ndarray) -> np.ndarray:
 
 # What messaging apps and social networks do to a picture before it reaches a fact-checker.
 PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "JPEG quality 75": lambda image: _jpeg(image, 75),
     "JPEG quality 50": lambda image: _jpeg(image, 50),
     "half size": _half,
     "half size, then JPEG quality 50": lambda image: _jpeg(_half(image), 50),

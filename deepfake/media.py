@@ -140,6 +140,29 @@ def require_face_sized(image: np.ndarray, name: str) -> np.ndarray:
     return image
 
 
+# The JPEG standard's (IJG) luminance table at quality 50; encoders scale it for other qualities.
+_IJG_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+], dtype=np.float64)  # fmt: skip
+
+
+def jpeg_quality(data: bytes) -> int | None:
+    """The IJG quality (1-100) a JPEG file was saved at, estimated from its luminance quantisation
+    table; None for other formats. Heavy compression hides manipulation traces."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in ("JPEG", "MPO") or not getattr(image, "quantization", None):
+                return None
+            table = np.asarray(image.quantization[min(image.quantization)], dtype=np.float64)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    scale = 100 * table.mean() / _IJG_LUMINANCE.mean()  # the IJG scaling: 200 - 2q above q50, 5000 / q below
+    quality = (200 - scale) / 2 if scale <= 100 else 5000 / scale
+    return int(np.clip(round(quality), 1, 100))
+
+
 def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
     if width <= 0 or height <= 0:
         raise CorruptFileError(f"'{name}' has no pixels ({width}x{height}).")

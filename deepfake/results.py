@@ -194,6 +194,7 @@ class AnalysisResult(_Mapping):
 @dataclass
 class DetectionResult(AnalysisResult):
     faces: list[FaceResult] = field(default_factory=list)
+    jpeg_quality: int | None = None  # estimated from the file's quantisation tables; None if not a JPEG file
     image: np.ndarray | None = field(default=None, repr=False)
 
     media_type = "image"
@@ -203,7 +204,8 @@ class DetectionResult(AnalysisResult):
         return sum(not f.whole_image for f in self.faces)
 
     def to_dict(self) -> dict:
-        return {**self._common_dict(), "face_count": self.face_count, "faces": [f.to_dict() for f in self.faces]}
+        return {**self._common_dict(), "face_count": self.face_count, "jpeg_quality": self.jpeg_quality,
+                "faces": [f.to_dict() for f in self.faces]}  # fmt: skip
 
 
 @dataclass

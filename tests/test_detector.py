@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import io
 import json
 import tempfile
 import threading
@@ -264,3 +265,16 @@ def test_flip_average_scores_a_face_and_its_mirror_alike(random_checkpoint, hopp
     assert flip.score([crop])[0] == pytest.approx(flip.score([mirror])[0], abs=1e-5)
     probabilities, cams = flip.score_and_cams([crop])  # the explaining path scores the same way
     assert probabilities[0] == pytest.approx(flip.score([crop])[0], abs=1e-5) and cams.shape == (1, 224, 224)
+
+
+def test_a_strongly_compressed_jpeg_is_flagged(detector, hopper_rgb):
+    def jpeg(quality: int) -> bytes:
+        data = io.BytesIO()
+        Image.fromarray(hopper_rgb).save(data, "JPEG", quality=quality)
+        return data.getvalue()
+
+    low, high = detector.detect(jpeg(35), explain=False), detector.detect(jpeg(90), explain=False)
+    assert low.jpeg_quality == 35 and high.jpeg_quality == 90 and low.to_dict()["jpeg_quality"] == 35
+    assert any("compressed JPEG (quality about 35)" in w for w in low.warnings)
+    assert not any("compressed" in w for w in high.warnings)
+    assert detector.detect(hopper_rgb, explain=False).jpeg_quality is None  # pixels have no file history

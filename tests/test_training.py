@@ -121,7 +121,8 @@ def test_evaluate_writes_every_report(tiny_data, random_checkpoint, tmp_path):
 def test_evaluate_robustness_rescores_degraded_files(tiny_data, random_checkpoint, tmp_path):
     report = evaluate(str(tiny_data), str(random_checkpoint), str(tmp_path), robustness=True)
     conditions = report["robustness"]
-    assert list(conditions) == ["as given", "JPEG quality 50", "half size", "half size, then JPEG quality 50"]
+    assert list(conditions) == ["as given", "JPEG quality 75", "JPEG quality 50", "half size",
+                                "half size, then JPEG quality 50"]  # fmt: skip
     assert all(c["n"] == 18 for c in conditions.values())  # every readable file, each class
     assert conditions["as given"] == report["image_level"]
     assert all(conditions[name]["ece"] != conditions["as given"]["ece"] for name in list(conditions)[1:])  # rescored
