@@ -143,11 +143,12 @@ class ImageDeepfakeDetector(_Detector):
             warnings.append(f"Saved as a strongly compressed JPEG (quality about {quality}). Compression wipes out "
                             "much of what the model looks for: re-saved at quality 50, our held-out photos were "
                             "told apart little better than chance. Treat this verdict with extra caution.")  # fmt: skip
-        if not deciding_face(scored).cut_off and any(f.cut_off for f in scored):
+        decider = deciding_face(scored)
+        if decider.cut_off:
+            warnings.append("The face is cut off by the picture's edge, which makes its score less reliable.")
+        elif any(f.cut_off for f in scored):
             warnings.append("A face cut off by the picture's edge was scored but did not decide the verdict: "
                             "the model judges partial faces less reliably.")  # fmt: skip
-        elif deciding_face(scored).cut_off:
-            warnings.append("The face is cut off by the picture's edge, which makes its score less reliable.")
         done = time.perf_counter()
 
         return DetectionResult(
@@ -155,7 +156,7 @@ class ImageDeepfakeDetector(_Detector):
             sha256=sha256,
             width=int(image.shape[1]),
             height=int(image.shape[0]),
-            fake_probability=deciding_face(scored).fake_probability,
+            fake_probability=decider.fake_probability,
             threshold=threshold,
             face_found=bool(faces),
             model_name=self.model_name,

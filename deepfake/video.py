@@ -94,9 +94,8 @@ def _upright(image: np.ndarray, frame: av.VideoFrame) -> np.ndarray:
 
 def _to_rgb(frame: av.VideoFrame, max_side: int | None = None) -> np.ndarray:
     width, height = _scaled_size(frame.width, frame.height, max_side or MAX_FRAME_SIDE)
-    if (width, height) != (frame.width, frame.height):
-        return _upright(frame.to_ndarray(format="rgb24", width=width, height=height), frame)
-    return _upright(frame.to_ndarray(format="rgb24"), frame)
+    resize = {} if (width, height) == (frame.width, frame.height) else {"width": width, "height": height}
+    return _upright(frame.to_ndarray(format="rgb24", **resize), frame)
 
 
 def _decode_from(container, stream, seek_to: float | None) -> Iterator[av.VideoFrame]:
