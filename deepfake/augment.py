@@ -61,7 +61,11 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = out + rng.normal(0, rng.uniform(2, 8), out.shape)
     out = np.clip(out, 0, 255).astype(np.uint8)
     if rng.random() < 0.8:
-        quality = int(rng.integers(30, 101))
-        _, encoded = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-        out = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        out = jpeg_roundtrip(out, int(rng.integers(30, 101)))
     return np.ascontiguousarray(out)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """The RGB image as it comes back from being saved as a JPEG of ``quality``."""
+    _, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

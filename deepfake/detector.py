@@ -128,12 +128,11 @@ class ImageDeepfakeDetector(_Detector):
 
         overlay_path = None
         warnings = []
+        explain_faces(scored, image.shape[:2], threshold)
         if explaining:
-            explain_faces(scored, image.shape[:2], threshold)
             overlay_path = write_png(self.output.get(output_dir) / f"{sha256[:16]}_{method}_overlay.png",
                                      render_overlay(image, scored))
         else:
-            explain_faces(scored, image.shape[:2], threshold)
             if explain:
                 warnings.append("This model format does not support Grad-CAM; no heatmap was made.")
             method = None

@@ -100,24 +100,32 @@ class DetectionEngine:
     def score_and_cams(self, crops: list[np.ndarray], method: str = "gradcam") -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and Grad-CAM maps (FAKE logit, crop coordinates) from one forward pass;
         maps are None, after a plain scoring pass, if the model has no CAM layer."""
+        explained = self._cam_pass(crops, method, scores=True)
+        return (self.score(crops), None) if explained is None else explained
+
+    def cams(self, crops: list[np.ndarray], method: str = "gradcam") -> np.ndarray | None:
+        """Grad-CAM maps for the FAKE logit in crop coordinates, or None if the model has no CAM layer."""
+        explained = self._cam_pass(crops, method, scores=False)
+        return None if explained is None else explained[1]
+
+    def _cam_pass(self, crops: list[np.ndarray], method: str, scores: bool) -> tuple[np.ndarray | None, np.ndarray] | None:
+        """Maps and, with ``scores``, probabilities (a flip_average model adds its mirror-image pass
+        only then); None if the model has no CAM layer."""
         layer = cam_layer(self.model.module)
         if layer is None or not crops:
-            return self.score(crops), None
+            return None
         probabilities, maps = [], []
         with self._lock:
             cam = create_cam(method, self.model.module, layer)
             for start in range(0, len(crops), self.batch_size):
                 batch = self._tensor(crops[start : start + self.batch_size])
                 batch_maps, logits = cam.compute(batch)  # the map explains the crop as given
-                with torch.inference_mode():
-                    fake_logit = fake_logits(self.model.module, batch, self.model.config, given=logits)
-                probabilities.append(self._probabilities(fake_logit))
                 maps.append(batch_maps)
-        return np.concatenate(probabilities), np.concatenate(maps)
-
-    def cams(self, crops: list[np.ndarray], method: str = "gradcam") -> np.ndarray | None:
-        """Grad-CAM maps for the FAKE logit in crop coordinates, or None if the model has no CAM layer."""
-        return self.score_and_cams(crops, method)[1]
+                if scores:
+                    with torch.inference_mode():
+                        fake_logit = fake_logits(self.model.module, batch, self.model.config, given=logits)
+                    probabilities.append(self._probabilities(fake_logit))
+        return (np.concatenate(probabilities) if scores else None), np.concatenate(maps)
 
     def faces_for(self, images: list[np.ndarray]) -> list[list[Face]]:
         return self.face_detector.detect_batch(images)
@@ -210,7 +218,10 @@ def explain_faces(faces: list[FaceResult], image_shape: tuple[int, int], thresho
                 dataclasses.replace(r, box=tuple(float(v) for v in np.array(r.box) + np.tile(offset, 2)))
                 for r in regions
             ]
-        face.explanation = describe_regions(face.suspicious_regions, is_fake)
+        if is_fake and face.cam is None:  # no map, so nothing to say about where it looked
+            face.explanation = "Judged fake; no heatmap was made for this face."
+        else:
+            face.explanation = describe_regions(face.suspicious_regions, is_fake)
 
 
 def deciding_face(faces: list[FaceResult]) -> FaceResult:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from deepfake.augment import frame_crop
+from deepfake.augment import frame_crop, jpeg_roundtrip
 from deepfake.data import CACHE_MARGIN, CACHE_SIZE, CropCache, Record, _main_face, scan
 from deepfake.engine import DetectionEngine, deciding_face
 from deepfake.errors import DeepfakeError
@@ -35,11 +35,6 @@ from deepfake.pseudofakes import make_pseudo_fake
 FALSE_ALARM_BUDGET = 0.10
 
 
-def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
 def _half(image: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     return cv2.resize(image, (max(1, width // 2), max(1, height // 2)), interpolation=cv2.INTER_AREA)
@@ -47,10 +42,10 @@ def _half(image: np.ndarray) -> np.ndarray:
 
 # What messaging apps and social networks do to a picture before it reaches a fact-checker.
 PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "JPEG quality 75": lambda image: _jpeg(image, 75),
-    "JPEG quality 50": lambda image: _jpeg(image, 50),
+    "JPEG quality 75": lambda image: jpeg_roundtrip(image, 75),
+    "JPEG quality 50": lambda image: jpeg_roundtrip(image, 50),
     "half size": _half,
-    "half size, then JPEG quality 50": lambda image: _jpeg(_half(image), 50),
+    "half size, then JPEG quality 50": lambda image: jpeg_roundtrip(_half(image), 50),
 }
 
 

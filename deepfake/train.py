@@ -152,7 +152,8 @@ def train(config: TrainConfig) -> dict:
         torch.set_num_threads(os.cpu_count() or 1)
     out = Path(config.out)
     state_path = out.with_name(out.stem + ".state.pt")
-    cache = build_cache(config.data, config.cache, val_fraction=config.val_fraction, seed=config.seed)
+    cache = build_cache(config.data, config.cache, val_fraction=config.val_fraction, seed=config.seed,
+                        device=str(device))  # fmt: skip
     train_kinds, val_kinds = build_items(cache, config, False), build_items(cache, config, True)
     used = trained_kinds(train_kinds, config)
     if not train_kinds["real"]:

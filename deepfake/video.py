@@ -262,13 +262,16 @@ class VideoDeepfakeDetector(_Detector):
                             "analysed.")  # fmt: skip
         overlay_path = None
         folder = None
-        if explain and self.engine.cam_available:
+        explaining = explain and self.engine.cam_available
+        if explaining:
             report(0.9, "Explaining the most suspicious frames")
+            self.engine.attach_cams([face for i in suspicious for face in timeline[i].faces], method)
+        for frame in timeline:
+            explain_faces(frame.faces, frame.image.shape[:2], threshold)
+        if explaining:
             folder = self.output.get(output_dir)
             for rank, i in enumerate(suspicious):
                 frame = timeline[i]
-                self.engine.attach_cams(frame.faces, method)
-                explain_faces(frame.faces, frame.image.shape[:2], threshold)
                 frame.heatmap_overlay_path = write_png(
                     folder / f"{media.sha256[:16]}_frame{frame.index:06d}_{method}.png",
                     render_overlay(frame.image, frame.faces),
@@ -277,8 +280,6 @@ class VideoDeepfakeDetector(_Detector):
                     overlay_path = frame.heatmap_overlay_path
         else:
             method = None
-            for frame in timeline:
-                explain_faces(frame.faces, frame.image.shape[:2], threshold)
         annotated_path = None
         if annotate:
             report(0.95, "Writing the annotated video")

@@ -265,6 +265,13 @@ def test_flip_average_scores_a_face_and_its_mirror_alike(random_checkpoint, hopp
     assert flip.score([crop])[0] == pytest.approx(flip.score([mirror])[0], abs=1e-5)
     probabilities, cams = flip.score_and_cams([crop])  # the explaining path scores the same way
     assert probabilities[0] == pytest.approx(flip.score([crop])[0], abs=1e-5) and cams.shape == (1, 224, 224)
+    calls = []
+    handle = flip.model.module.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        flip.cams([crop])
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # maps alone need no mirror-image pass
 
 
 def test_a_strongly_compressed_jpeg_is_flagged(detector, hopper_rgb):
