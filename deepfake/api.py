@@ -59,7 +59,6 @@ class ApiSettings:
     """Everything ``create_app`` needs besides the engine. Rates are per key."""
 
     key_hashes: frozenset[str]
-    model_path: str | None = None
     rate: float = 2.0  # requests per second refilled into each key's bucket; <= 0 turns the limit off
     burst: int = 30  # bucket size: requests a key may make at once
     max_upload_bytes: int = 200 * 2**20
@@ -363,15 +362,14 @@ class _State:
     slots: asyncio.Semaphore
 
 
-def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngine] | None = None) -> FastAPI:
-    """The API. ``engine_factory`` (default: load ``settings.model_path``) is called once, at start-up."""
-    factory = engine_factory or partial(DetectionEngine.load, settings.model_path)
+def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngine]) -> FastAPI:
+    """The API. ``engine_factory`` is called once, at start-up."""
     limiter = RateLimiter(settings.rate, settings.burst)
     state: dict[str, _State] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        engine = await run_in_threadpool(factory)
+        engine = await run_in_threadpool(engine_factory)
         root = Path(tempfile.mkdtemp(prefix="deepfake-api-"))
         state["s"] = _State(engine, ImageDeepfakeDetector(engine=engine), VideoDeepfakeDetector(engine=engine),
                             ResultStore(root, settings.result_ttl_s, settings.max_results),
@@ -415,11 +413,11 @@ def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngi
                            f"{media.kind}; send it to /v1/detect/{media.kind}.")  # fmt: skip
         result_id, folder = s.store.reserve()
         if kind == "image":
-            work = partial(s.images.detect, media.data, name=media.name, threshold=options.threshold,
+            work = partial(s.images.detect, media, name=media.name, threshold=options.threshold,
                            explain=options.explain, output_dir=folder)  # fmt: skip
             timeout = settings.image_timeout_s
         else:
-            work = partial(s.videos.detect, media.data, name=media.name, threshold=options.threshold,
+            work = partial(s.videos.detect, media, name=media.name, threshold=options.threshold,
                            explain=options.explain, num_frames=options.num_frames, output_dir=folder)  # fmt: skip
             timeout = settings.video_timeout_s
         await s.slots.acquire()

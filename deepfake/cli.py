@@ -8,7 +8,6 @@ schema the dashboard uses (CSV and JSON); one bad file is reported and skipped. 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -20,15 +19,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import NoReturn
 
 from tqdm import tqdm
 
 from deepfake import DetectionEngine, ImageDeepfakeDetector, VideoDeepfakeDetector
 from deepfake.errors import DeepfakeError, ModelError
-from deepfake.exports import history_json, history_row
+from deepfake.exports import CsvStream, history_json, history_row
 from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_media
-from deepfake.results import HISTORY_COLUMNS
 
 log = logging.getLogger("deepfake.cli")
 
@@ -72,9 +70,9 @@ def analyse_file(
         common = {"name": media.name, "threshold": options.threshold, "explain": options.explain,
                   "output_dir": options.heatmaps}  # fmt: skip
         if media.kind == "image":
-            result = images.detect(media.data, **common)
+            result = images.detect(media, **common)
         else:
-            result = videos.detect(media.data, num_frames=options.num_frames, **common)
+            result = videos.detect(media, num_frames=options.num_frames, **common)
     except DeepfakeError as exc:
         return history_row(file_name=path, error=exc.message, media_type=kind, sha256=sha256), None
     except Exception as exc:  # noqa: BLE001 - one file the engine chokes on must not end a scan of thousands
@@ -120,20 +118,6 @@ def scan_local(files: list[str], engine: DetectionEngine, options: ScanOptions, 
 # --- output -------------------------------------------------------------------------------------
 
 
-class CsvStream:
-    """The export CSV written row by row, so a long scan's results are on disk as they come
-    (the same bytes ``deepfake.exports.history_csv`` makes from the full list)."""
-
-    def __init__(self, file: TextIO) -> None:
-        self.file = file
-        self.writer = csv.DictWriter(file, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore", lineterminator="\n")
-        self.writer.writeheader()
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
-        self.file.flush()
-
-
 def summary_table(rows: list[dict], seconds: float, workers: int, engine_name: str, top: int = 5) -> str:
     # Files that could not be read as media have no type: they are counted as "other".
     labels = {"image": "images", "video": "videos"}
@@ -168,8 +152,7 @@ def _load_engine(args: argparse.Namespace) -> DetectionEngine:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     engine = _load_engine(args)
-    images = ImageDeepfakeDetector(engine=engine, output_dir=args.heatmaps)
-    videos = VideoDeepfakeDetector(engine=engine, output_dir=args.heatmaps)
+    images, videos = ImageDeepfakeDetector(engine=engine), VideoDeepfakeDetector(engine=engine)  # folder: per call
     options = ScanOptions(args.threshold, not args.no_explain, args.heatmaps, args.num_frames)
     row, result = analyse_file(images, videos, args.file, options)
     if result is None:
@@ -246,7 +229,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = ApiSettings(
             key_hashes=load_key_hashes(args.keys_file),
-            model_path=args.model,
             rate=args.rate,
             burst=args.burst,
             max_upload_bytes=int(args.max_upload_mb * 2**20),

@@ -18,6 +18,7 @@ from deepfake.engine import DetectionEngine, deciding_face, explain_faces, rende
 from deepfake.errors import UnsupportedFormatError
 from deepfake.media import (
     MAX_IMAGE_PIXELS,
+    MediaBytes,
     Source,
     decode_image_bytes,
     jpeg_quality,
@@ -181,7 +182,7 @@ class ImageDeepfakeDetector(_Detector):
 def _decode(source: Source, name: str | None, max_pixels: int) -> tuple[np.ndarray, str, str, int | None]:
     """Decode once and fingerprint what was given (the file's bytes, or the pixels of an array);
     for a JPEG file, also the quality it was saved at."""
-    if isinstance(source, (str, Path, bytes, bytearray, memoryview)):
+    if isinstance(source, (str, Path, bytes, bytearray, memoryview, MediaBytes)):
         media = read_media(source, name)
         if media.kind != "image":
             raise UnsupportedFormatError(f"'{media.name}' is a video; use VideoDeepfakeDetector for it.")

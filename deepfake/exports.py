@@ -10,6 +10,7 @@ import html
 import io
 import json
 from collections.abc import Iterable
+from typing import TextIO
 
 import numpy as np
 
@@ -32,12 +33,25 @@ def history_row(result: AnalysisResult | None = None, *, file_name: str = "", er
     return row
 
 
+class CsvStream:
+    """The history CSV written row by row, so a long scan's results are on disk as they come."""
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        # Columns a row lacks are written empty; keys outside the schema are left out.
+        self.writer = csv.DictWriter(file, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore", lineterminator="\n")
+        self.writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+
+
 def history_csv(rows: Iterable[dict]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    stream = CsvStream(buffer)
     for row in rows:
-        writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+        stream.write(row)
     return buffer.getvalue()
 
 

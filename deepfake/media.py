@@ -32,8 +32,6 @@ MIN_IMAGE_SIDE = 32  # below this no face can be found (MTCNN looks for faces of
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".webm", ".mkv")
 
-Source = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
-
 # Pillow's own bomb guard warns at ~89 MP and raises at twice that; we enforce our own limit.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -46,6 +44,9 @@ class MediaBytes:
     name: str
     kind: str  # "image" | "video"
     sha256: str
+
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray | MediaBytes
 
 
 def sniff_kind(data: bytes) -> str | None:
@@ -68,8 +69,12 @@ def sniff_kind(data: bytes) -> str | None:
     return None
 
 
-def read_media(source: str | os.PathLike | bytes | bytearray | memoryview, name: str | None = None) -> MediaBytes:
-    """Read a path or bytes and classify it as image or video."""
+def read_media(
+    source: str | os.PathLike | bytes | bytearray | memoryview | MediaBytes, name: str | None = None
+) -> MediaBytes:
+    """Read a path or bytes and classify it as image or video (already read media: as is, not hashed again)."""
+    if isinstance(source, MediaBytes):
+        return source
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         name = name or "upload"
