@@ -24,6 +24,7 @@ from deepfake.wording import (
     duration,
     face_caption,
     file_size,
+    frame_caption,
     markdown_literal,
     percent,
     verdict_badge,
@@ -150,9 +151,7 @@ def heatmap_view(analysis: Analysis, result: DetectionResult | VideoResult) -> N
                                 help="Drawn only on faces labelled FAKE.")  # fmt: skip
     if isinstance(result, VideoResult):
         frames = [result.timeline[i] for i in result.suspicious_frames]
-        pictures = [(frame.image, frame.faces,
-                     f"Frame at {frame.time_s:.1f} s ({percent(frame.fake_probability)} fake)")
-                    for frame in frames if frame.image is not None]  # fmt: skip
+        pictures = [(frame.image, frame.faces, frame_caption(frame)) for frame in frames if frame.image is not None]
         st.markdown(f"The {len(pictures)} most suspicious frames:")
     else:
         pictures = [(result.image, result.faces, "Photo")]

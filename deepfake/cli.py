@@ -26,11 +26,11 @@ from tqdm import tqdm
 from deepfake import DetectionEngine, ImageDeepfakeDetector, VideoDeepfakeDetector
 from deepfake.errors import DeepfakeError, ModelError
 from deepfake.exports import CsvStream, history_json, history_row
+from deepfake.loading import MODEL_ENV
 from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_media
 
 log = logging.getLogger("deepfake.cli")
 
-MODEL_ENV = "DEEPFAKE_MODEL"
 # Face detection runs outside the engine's lock, so while one thread finds faces another scores:
 # two threads scan 1.7x as fast as one on 2 cores (reports/BENCHMARKS.md).
 LOCAL_WORKERS = 2

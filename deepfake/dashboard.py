@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from deepfake.detector import ImageDeepfakeDetector
-from deepfake.engine import DetectionEngine, explain_faces, render_overlay, summarize_faces
+from deepfake.engine import DetectionEngine, render_overlay
 from deepfake.errors import DeepfakeError
 from deepfake.exports import history_row
 from deepfake.figures import fit
-from deepfake.loading import DEFAULT_MODEL_PATH, LoadedModel
+from deepfake.loading import DEFAULT_MODEL_PATH, MODEL_ENV, LoadedModel
 from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_media, sniff_kind
 from deepfake.results import (
     FAKE,
@@ -37,17 +37,16 @@ from deepfake.results import (
     REAL,
     AnalysisResult,
     FaceResult,
-    FrameResult,
     VideoResult,
+    classify,
     now_iso,
 )
-from deepfake.video import Progress, VideoDeepfakeDetector, explain_video
+from deepfake.video import Progress, VideoDeepfakeDetector
 from deepfake.wording import VERDICT_COLOURS
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_ENV = "DEEPFAKE_MODEL"  # checkpoint path; unset means models/image_model.pth
 REPORTS_ENV = "DEEPFAKE_REPORTS"  # folder written by deepfake.evaluate; unset means reports/
 MODEL_CARD = ROOT / "models" / "MODEL_CARD.md"
 UPLOAD_TYPES = [extension.lstrip(".") for extension in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS]
@@ -178,30 +177,19 @@ class Workbench:
         return detector.rejudge(result, threshold)
 
     def reexplain(self, result: AnalysisResult, method: str) -> AnalysisResult:
-        """The same scores explained with another CAM method (images: every face; videos: the
-        most suspicious frames, the only ones with heatmaps)."""
+        """The same scores with maps from another CAM method (images: every face; videos: the most
+        suspicious frames, the only ones with heatmaps). Regions and sentences follow in ``rejudge``."""
         if not isinstance(result, VideoResult):
-            faces = self._explained(result.faces, method, result.image.shape[:2], result.threshold)
-            return dataclasses.replace(result, faces=faces, cam_method=method,
-                                       explanation=summarize_faces(faces, result.threshold))
+            return dataclasses.replace(result, faces=self._with_cams(result.faces, method), cam_method=method)
         timeline = list(result.timeline)
         for i in result.suspicious_frames:
-            frame = timeline[i]
-            faces = self._explained(frame.faces, method, _frame_shape(frame, result), result.threshold)
-            timeline[i] = dataclasses.replace(frame, faces=faces)
-        return dataclasses.replace(result, timeline=timeline, cam_method=method,
-                                   explanation=explain_video(timeline, result.suspicious_frames, result.threshold))
+            timeline[i] = dataclasses.replace(timeline[i], faces=self._with_cams(timeline[i].faces, method))
+        return dataclasses.replace(result, timeline=timeline, cam_method=method)
 
-    def _explained(self, faces: list[FaceResult], method: str, shape: tuple[int, int],
-                   threshold: float) -> list[FaceResult]:  # fmt: skip
+    def _with_cams(self, faces: list[FaceResult], method: str) -> list[FaceResult]:
         faces = [dataclasses.replace(f) for f in faces]
         self.engine.attach_cams(faces, method)
-        explain_faces(faces, shape, threshold)
         return faces
-
-
-def _frame_shape(frame: FrameResult, video: VideoResult) -> tuple[int, int]:
-    return frame.image.shape[:2] if frame.image is not None else (video.height, video.width)
 
 
 def _keep_what_is_shown(result: VideoResult) -> VideoResult:
@@ -242,7 +230,6 @@ def summary_stats(rows: list[dict]) -> dict:
         "files": len(rows),
         "verdicts": {verdict: counts.get(verdict, 0) for verdict in (FAKE, REAL, NO_FACE, "ERROR")},
         "mean_fake_probability": float(np.mean(scored)) if scored else None,
-        "total_seconds": sum(float(row["duration_ms"] or 0) for row in rows) / 1000,
     }
 
 
@@ -278,7 +265,7 @@ def timeline_table(result: VideoResult) -> pd.DataFrame:
     return pd.DataFrame([
         {"time_s": frame.time_s, "frame": frame.index, "fake_probability": frame.fake_probability,
          "face_found": frame.face_found, "most_suspicious": i in suspicious,
-         "label": (FAKE if frame.fake_probability >= result.threshold else REAL) if frame.face_found else NO_FACE}
+         "label": classify(frame.fake_probability, result.threshold) if frame.face_found else NO_FACE}
         for i, frame in enumerate(result.timeline)
     ], columns=["time_s", "frame", "fake_probability", "face_found", "most_suspicious", "label"])  # fmt: skip
 

@@ -17,7 +17,16 @@ import numpy as np
 from deepfake.engine import render_overlay
 from deepfake.figures import encode_jpeg, encode_png, fit, gauge_png, timeline_png
 from deepfake.results import HISTORY_COLUMNS, AnalysisResult, DetectionResult, FaceResult, VideoResult, now_iso
-from deepfake.wording import CAVEAT, METHOD_LABELS, duration, face_caption, percent, verdict_badge, verdict_sentence
+from deepfake.wording import (
+    CAVEAT,
+    METHOD_LABELS,
+    duration,
+    face_caption,
+    frame_caption,
+    percent,
+    verdict_badge,
+    verdict_sentence,
+)
 
 REPORT_IMAGE_SIDE = 900  # pixels: enough to see a face, small enough to mail a report of a session
 
@@ -140,8 +149,7 @@ def _result_html(result: AnalysisResult, opacity: float) -> str:
             parts.append("<h3>Most suspicious frames</h3>")
         for frame in suspicious:
             if frame.image is not None:
-                caption = f"Frame at {frame.time_s:.1f} s, {percent(frame.fake_probability)} fake"
-                parts.append(_heatmap_pair(frame.image, frame.faces, caption, opacity))
+                parts.append(_heatmap_pair(frame.image, frame.faces, frame_caption(frame), opacity))
         if suspicious:
             parts.append(_faces_html(suspicious[0].faces))
     return "\n".join(parts) + "</section>"

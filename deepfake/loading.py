@@ -27,6 +27,7 @@ from deepfake.model import ModelConfig, create_model, default_config
 
 DEFAULT_THRESHOLD = 0.6
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "image_model.pth"
+MODEL_ENV = "DEEPFAKE_MODEL"  # the dashboard's and the CLI's checkpoint when set
 HOW_TO_TRAIN = (
     "Train one with `python -m deepfake.train --data ../shared/data/faces --out models/image_model.pth` "
     "(see README), or pass the path of an existing checkpoint."

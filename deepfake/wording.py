@@ -3,7 +3,7 @@ say the same thing in the same words. Written for readers who are not machine-le
 
 from __future__ import annotations
 
-from deepfake.results import FAKE, NO_FACE, AnalysisResult, FaceResult
+from deepfake.results import FAKE, NO_FACE, AnalysisResult, FaceResult, FrameResult
 
 CAVEAT = (
     "Scores are probabilities estimated by a machine-learning model, not proof. A high score is a reason "
@@ -67,3 +67,7 @@ def markdown_literal(text: str) -> str:
 def face_caption(number: int, face: FaceResult) -> str:
     cut_off = " (cut off by the edge)" if face.cut_off else ""
     return f"Face {number}: {percent(face.fake_probability)} fake{cut_off}"
+
+
+def frame_caption(frame: FrameResult) -> str:
+    return f"Frame at {frame.time_s:.1f} s ({percent(frame.fake_probability)} fake)"
