@@ -12,13 +12,16 @@ from collections.abc import Callable
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from deepfake import DetectionEngine, dashboard, samples
-from deepfake.dashboard import Analysis, Workbench
-from deepfake.errors import ModelError
+from deepfake import DetectionEngine
+from deepfake.errors import ModelError, TrustAnchorsError
 from deepfake.exports import history_csv, history_json, html_report
 from deepfake.figures import gauge_png
+from deepfake.interfaces import dashboard, samples
+from deepfake.interfaces.dashboard import Analysis, Workbench
+from deepfake.provenance import EVIDENCE_RULES, TRUST_ANCHORS_ENV
 from deepfake.results import DetectionResult, FaceResult, VideoResult
 from deepfake.wording import (
+    CAM_TARGET_LABELS,
     CAVEAT,
     METHOD_LABELS,
     duration,
@@ -65,6 +68,10 @@ except ModelError as exc:  # failures are not cached: reloading the page tries a
     st.code(TRAIN_COMMAND, language="bash")
     st.markdown(f"or set the `{dashboard.MODEL_ENV}` environment variable to the path of an existing checkpoint. "
                 "Once the model file is in place, reload this page.")  # fmt: skip
+    st.stop()
+except TrustAnchorsError as exc:
+    st.error(f"**The trust anchors for content credentials cannot be used.**\n\n{exc.message}\n\nFix or unset "
+             f"`{TRUST_ANCHORS_ENV}` and reload this page.", icon=":material/error:")  # fmt: skip
     st.stop()
 
 model = bench.model
@@ -146,6 +153,12 @@ def heatmap_view(analysis: Analysis, result: DetectionResult | VideoResult) -> N
                         format_func=METHOD_LABELS.get, key=f"method-{analysis.id}",
                         help="Two ways to compute where the model looked. Grad-CAM++ often spreads the "
                              "attention over more of the face.")  # fmt: skip
+    targets = bench.engine.cam_targets
+    if len(targets) > 1:  # a two-head model: the map can explain the combined score or one kind of evidence
+        method_column.radio("Explain", targets, horizontal=True, format_func=CAM_TARGET_LABELS.get,
+                            key=f"target-{analysis.id}",
+                            help="The combined score, or one kind of evidence alone: blending (a face region "
+                                 "pasted into the photo) or generation (the whole face synthesised).")  # fmt: skip
     opacity = opacity_column.slider("Heatmap strength", 0.0, 1.0, 0.45, 0.05, key=f"opacity-{analysis.id}")
     boxes = boxes_column.toggle("Boxes around suspicious areas", True, key=f"boxes-{analysis.id}",
                                 help="Drawn only on faces labelled FAKE.")  # fmt: skip
@@ -165,6 +178,21 @@ def heatmap_view(analysis: Analysis, result: DetectionResult | VideoResult) -> N
         st.markdown(f"**In words:** {markdown_literal(result.explanation)}")
 
 
+def evidence_panel(analysis: Analysis, result: DetectionResult | VideoResult) -> None:
+    """What the model, the file's content credentials and its metadata each say, in words."""
+    with st.container(border=True, key=f"evidence-{analysis.id}"):
+        st.markdown("**Evidence**: what the model, the file's content credentials and its metadata say")
+        for finding in result.evidence:
+            line = dashboard.evidence_markdown(finding)
+            if finding.decides:
+                st.error(line, icon=":material/gavel:")
+            else:
+                st.markdown(line)
+        st.caption(EVIDENCE_RULES)
+        with st.expander("Raw fields behind the evidence", icon=":material/data_object:"):
+            st.json([finding.to_dict() for finding in result.evidence], expanded=2)
+
+
 def result_card(analysis: Analysis) -> None:
     with st.container(border=True, key=f"result-{analysis.id}"):
         name = markdown_literal(analysis.file_name)
@@ -172,7 +200,7 @@ def result_card(analysis: Analysis) -> None:
             st.markdown(f"### {verdict_badge('ERROR')} {name}", unsafe_allow_html=True)
             st.error(f"This file could not be analysed. {analysis.error}", icon=":material/error:")
             return
-        result = bench.view(analysis, threshold, state.get(f"method-{analysis.id}"))
+        result = bench.view(analysis, threshold, state.get(f"method-{analysis.id}"), state.get(f"target-{analysis.id}"))
         st.markdown(f"### {verdict_badge(result.verdict)} {name}", unsafe_allow_html=True)
         gauge_column, facts_column = st.columns([1, 2], vertical_alignment="center")
         gauge_column.image(gauge(result.fake_probability, result.threshold), width=300)
@@ -181,13 +209,14 @@ def result_card(analysis: Analysis) -> None:
             probability, confidence, faces, took = st.columns(4)
             probability.metric("Fake probability", percent(result.fake_probability))
             confidence.metric("Confidence", percent(result.confidence),
-                              help="Confidence in the verdict: the fake probability for FAKE, one minus it for "
-                                   "REAL. Close to 50% means the model is unsure.")  # fmt: skip
+                              help="The model's confidence in its own call: the fake probability when it says "
+                                   "FAKE, one minus it when it says REAL. Close to 50% means the model is unsure.")  # fmt: skip
             faces.metric("Faces found", result.face_count,
                          help="Most faces in one checked frame." if isinstance(result, VideoResult) else None)
             took.metric("Time taken", duration(result.timings.total_ms))
             for warning in result.warnings:
                 st.warning(warning, icon=":material/warning:")
+        evidence_panel(analysis, result)
         if isinstance(result, VideoResult):
             rule = ("the mean over a run of confidently fake frames" if result.aggregation.get("rule") == "confident_run"
                     else "the mean over the frames with a face")  # fmt: skip
@@ -229,7 +258,7 @@ with analyse_tab:
         accept_multiple_files=True, key="uploads",
         help="Files are analysed on this server, kept in memory for this browser tab only, and never stored.",
     )  # fmt: skip
-    st.caption(f"Photos: JPEG, PNG, WebP, BMP. Videos: MP4, MOV, AVI, WebM, MKV. Up to "
+    st.caption(f"Photos: JPEG, PNG, WebP, BMP, and phone photos in HEIC or AVIF. Videos: MP4, MOV, AVI, WebM, MKV. Up to "
                f"{file_size(st.get_option('server.maxUploadSize'))} per file. No file at hand? Try a sample:")  # fmt: skip
     queue = [(f.file_id, f.name, f.getvalue()) for f in uploads or [] if f.file_id not in state.analysed_uploads]
     with st.container(horizontal=True):
@@ -265,13 +294,15 @@ with history_tab:
             "confidence": st.column_config.NumberColumn("Confidence", format="percent"),
             "threshold": st.column_config.NumberColumn("Threshold", format="percent"),
             "faces": "Faces", "frames": "Frames checked", "warnings": "Caveats", "error": "Problem",
+            "evidence": "Evidence from the file", "decided_by": "Decided by (not the model)",
             "duration_ms": st.column_config.NumberColumn("Time taken (ms)", format="%.0f"), "sha256": "SHA-256",
         })  # fmt: skip
         st.caption("Click a column header to sort. Labels follow the threshold set in the sidebar; times are when "
                    "each file was analysed. The history lives in this browser tab only and is gone when it closes.")  # fmt: skip
         st.altair_chart(dashboard.history_chart(table, threshold), width="stretch")
         analysed = [item for item in state.analyses if item.ok]
-        results = [bench.view(item, threshold, state.get(f"method-{item.id}")) for item in analysed]
+        results = [bench.view(item, threshold, state.get(f"method-{item.id}"), state.get(f"target-{item.id}"))
+                   for item in analysed]  # fmt: skip
         errors = [row for item, row in zip(state.analyses, rows) if not item.ok]
         st.markdown("**Download** (the CSV and JSON share one layout with the API's exports):")
         with st.container(horizontal=True):
@@ -328,6 +359,37 @@ with performance_tab:
         if evaluation.threshold_report:
             with st.expander("Threshold report: why the threshold is where it is"):
                 st.markdown(dashboard.demote_headings(evaluation.threshold_report, 3))
+        kinds = dashboard.kinds_table(report)
+        if kinds is not None:
+            st.subheader("By kind of fake")
+            st.dataframe(kinds)
+            st.caption("Each kind against real faces, as given and with both re-saved at one JPEG quality "
+                       f"({protocol.get('matched', '?')}), so that the sources' own compression cannot tell them apart. "
+                       "Kinds made from real crops are compared with the crops they were made from. Caught: share of "
+                       "that kind's fakes called FAKE. A two-head model also shows each head's AUC: which kind of "
+                       "evidence fires on which kind of fake.")  # fmt: skip
+        ladder = dashboard.ladder_table(report)
+        if ladder is not None:
+            st.subheader("After compression and resizing (real and fake files alike)")
+            st.dataframe(ladder)
+            if verdict := dashboard.ladder_verdict(report):
+                st.caption(verdict)
+        photos, clips = dashboard.authentic_tables(report)
+        if photos is not None or clips is not None:
+            st.subheader("Authentic photos and videos")
+            for table in (photos, clips):
+                if table is not None:
+                    st.dataframe(table, hide_index=True)
+            st.caption("All authentic: every FAKE verdict here is a false alarm. Clips whose frames were in the "
+                       "training split are marked.")  # fmt: skip
+        loko = dashboard.loko_table(report)
+        if loko is not None:
+            st.subheader("Kinds of fake never seen in training")
+            if loko.empty:
+                st.info("No model trained without a kind of fake was evaluated, so these numbers say nothing about "
+                        "kinds never seen in training.", icon=":material/info:")  # fmt: skip
+            else:
+                st.dataframe(loko)
         for key, title in (("robustness", "After re-encoding, as messaging apps do (real and fake files alike)"),
                            ("by_source", "By source of the files"), ("by_group", "By demographic group")):  # fmt: skip
             if report.get(key):

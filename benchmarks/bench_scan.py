@@ -23,7 +23,7 @@ import torch
 from bench_engine import photo_1mp
 
 from deepfake import DetectionEngine
-from deepfake.cli import ScanOptions, scan_local
+from deepfake.interfaces.scanning import ScanOptions, scan_local
 from deepfake.loading import save_checkpoint
 from deepfake.model import create_model, default_config
 
@@ -36,7 +36,7 @@ def local_rate(files: list[str], engine: DetectionEngine, workers: int) -> float
 
 
 def ray_rates(files: list[str], model: str, workers: int) -> tuple[float, float]:
-    from deepfake.scale import RayScan
+    from deepfake.interfaces.scale import RayScan
 
     started = time.perf_counter()
     arrivals = []

@@ -1,12 +1,26 @@
-"""Deepfake detection workbench: face-aware image and video detectors with Grad-CAM explanations."""
+"""Deepfake detection workbench: face-aware image and video detectors with Grad-CAM explanations.
 
-from deepfake.detector import ImageDeepfakeDetector
-from deepfake.engine import DetectionEngine
-from deepfake.errors import DeepfakeError, InputError, ModelError
-from deepfake.results import DetectionResult, FaceResult, FrameResult, VideoResult
-from deepfake.video import VideoDeepfakeDetector
+The public names load on first use, so ``import deepfake.results`` (or the explainability
+package, which builds on it) does not pull in the whole engine.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "DeepfakeError": "deepfake.errors",
+    "DetectionEngine": "deepfake.engine",
+    "DetectionResult": "deepfake.results",
+    "FaceResult": "deepfake.results",
+    "FrameResult": "deepfake.results",
+    "ImageDeepfakeDetector": "deepfake.detector",
+    "InputError": "deepfake.errors",
+    "ModelError": "deepfake.errors",
+    "VideoDeepfakeDetector": "deepfake.video",
+    "VideoResult": "deepfake.results",
+}
 
 __all__ = [
     "DeepfakeError",
@@ -20,3 +34,18 @@ __all__ = [
     "VideoDeepfakeDetector",
     "VideoResult",
 ]
+
+if TYPE_CHECKING:
+    from deepfake.detector import ImageDeepfakeDetector
+    from deepfake.engine import DetectionEngine
+    from deepfake.errors import DeepfakeError, InputError, ModelError
+    from deepfake.results import DetectionResult, FaceResult, FrameResult, VideoResult
+    from deepfake.video import VideoDeepfakeDetector
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'deepfake' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

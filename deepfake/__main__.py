@@ -1,7 +1,7 @@
-"""``python -m deepfake``: see :mod:`deepfake.cli`."""
+"""``python -m deepfake``: see :mod:`deepfake.interfaces.cli`."""
 
 import sys
 
-from deepfake.cli import main
+from deepfake.interfaces.cli import main
 
 sys.exit(main())

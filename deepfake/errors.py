@@ -65,6 +65,18 @@ class NoDecodableFramesError(InputError):
     code = "no_decodable_frames"
 
 
+class VideoTooSmallError(InputError):
+    """Frames too small to hold a face: the same floor as for images, not a whole-frame guess."""
+
+    code = "video_too_small"
+
+
+class AnalysisCancelled(DeepfakeError):
+    """An analysis stopped at a checkpoint because its job was cancelled or timed out."""
+
+    code = "cancelled"
+
+
 class ModelError(DeepfakeError):
     """The model file cannot be used."""
 
@@ -93,3 +105,9 @@ class UntrustedPickleError(ModelError):
     """A pickled module would run arbitrary code when loaded."""
 
     code = "untrusted_pickle"
+
+
+class TrustAnchorsError(DeepfakeError):
+    """The trust-anchors file given for content credentials cannot be used."""
+
+    code = "bad_trust_anchors"

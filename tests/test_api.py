@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import signal
@@ -22,10 +23,21 @@ import cv2
 import httpx
 import pytest
 from PIL import Image
+from provenance_samples import LEAKED_COORDINATES, signed_ai_photo_with_gps, signer_keys
 
 from deepfake import ImageDeepfakeDetector
-from deepfake.api import ApiSettings, RateLimiter, create_app, hash_key, load_key_hashes, match_key, parse_keys
 from deepfake.errors import ModelNotFoundError
+from deepfake.interfaces.api import (
+    ApiSettings,
+    RateLimiter,
+    create_app,
+    hash_key,
+    load_key_hashes,
+    match_key,
+    parse_keys,
+)
+from deepfake.interfaces.cli import EXIT_UNUSABLE, main
+from deepfake.provenance import ProvenanceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {name: f"test-{name}-key" for name in ("a", "b", "limited", "other", "concurrent", "hashed", "slow")}
@@ -90,9 +102,10 @@ def servers(random_checkpoint, tmp_path_factory) -> Iterator[SimpleNamespace]:
     plain = ",".join(KEYS[k] for k in ("a", "b", "limited", "other", "concurrent"))
     model = ["--model", str(random_checkpoint)]
     started = [
-        _start([*model, "--keys-file", str(keys_file), "--rate", "0.5", "--burst", "25", "--max-upload-mb", "1"],
-               plain, folder / "main.log"),
-        _start([*model, "--keys-file", str(slow_keys), "--video-timeout", "0.001"], "", folder / "slow.log"),
+        _start([*model, "--keys-file", str(keys_file), "--rate", "0.5", "--burst", "25", "--max-upload-mb", "1", "--key-queue", "24",
+                "--data-dir", str(folder / "main-data")], plain, folder / "main.log"),
+        _start([*model, "--keys-file", str(slow_keys), "--video-timeout", "0.001", "--data-dir", str(folder / "slow")],
+               "", folder / "slow.log"),
     ]  # fmt: skip
     try:
         deadline = time.monotonic() + 90
@@ -372,3 +385,51 @@ def test_unexpected_failures_reveal_nothing(error, status, code, hopper_jpeg_byt
     response = asyncio.run(call())
     assert response.status_code == status
     assert response.json()["error"] == code and "secret" not in response.text
+
+
+# --- evidence -----------------------------------------------------------------------------------
+
+
+def _detect_in_process(engine, settings: ApiSettings, data: bytes) -> httpx.Response:
+    app = create_app(settings, engine_factory=lambda: engine)
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post("/v1/detect/image", headers={"X-API-Key": "k"}, timeout=60,
+                                     **upload(data, "generated.jpg", explain="false", threshold=1.0))  # fmt: skip
+
+    return asyncio.run(call())
+
+
+def test_evidence_in_the_response_and_no_coordinates_unless_asked(engine, hopper_jpeg_bytes, tmp_path):
+    data = signed_ai_photo_with_gps(hopper_jpeg_bytes)
+    keys = frozenset({hash_key("k")})
+    response = _detect_in_process(engine, ApiSettings(key_hashes=keys), data)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["verdict"] == "FAKE" and body["model_classification"] == "REAL"  # threshold 1: the model says REAL
+    assert "trainedAlgorithmicMedia" in body["decided_by"]
+    codes = [f["code"] for f in body["evidence"]]
+    assert codes[:2] == ["model.score", "c2pa.ai_generated"] and "metadata.location" in codes
+    assert any("not in your trust list" in f["summary"] for f in body["evidence"])
+    assert not any(c in response.text for c in LEAKED_COORDINATES)
+
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(signer_keys().ca_pem)
+    provenance = ProvenanceSettings.load(anchors, include_location=True)
+    asked = _detect_in_process(engine, ApiSettings(key_hashes=keys, provenance=provenance), data).json()
+    assert "c2pa.trusted" in [f["code"] for f in asked["evidence"]]
+    assert LEAKED_COORDINATES[0] in json.dumps(asked["evidence"])
+
+
+def test_serve_refuses_a_bad_trust_anchors_file(tmp_path, capsys):
+    bad = tmp_path / "anchors.pem"
+    bad.write_text("no certificate here")
+    env = {"DEEPFAKE_API_KEYS": "k"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert main(["serve", "--trust-anchors", str(bad), "--model", str(tmp_path / "unused.pth")]) == EXIT_UNUSABLE
+    assert "holds no PEM certificate" in capsys.readouterr().err
+

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from provenance_samples import LEAKED_COORDINATES, camera_exif, reencode, signed_ai_photo_with_gps
 from streamlit.testing.v1 import AppTest
 
+from deepfake.evaluation.metrics import summarize, threshold_sweep
 from deepfake.figures import encode_png
-from deepfake.metrics import summarize, threshold_sweep
+from deepfake.provenance import EVIDENCE_RULES
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 BADGE = re.compile(r"^### <span[^>]*>(?P<verdict>[A-Z ]+)</span> (?P<name>.+)$")
@@ -92,7 +94,7 @@ def test_heatmap_method_change_reexplains_that_result_only(app, hopper_jpeg_byte
     app.run()
     app.radio(key=f"method-{first.id}").set_value("gradcam++").run()
     assert not app.exception
-    assert set(first.explained) == {"gradcam", "gradcam++"} and set(second.explained) == {"gradcam"}
+    assert set(first.explained) == {("gradcam", "fake"), ("gradcam++", "fake")} and set(second.explained) == {("gradcam", "fake")}
     assert first.view[1].cam_method == "gradcam++" and second.view[1].cam_method == "gradcam"
     assert sum("**In words:**" in m.value for m in app.markdown) == 2
 
@@ -185,3 +187,20 @@ def test_two_sessions_keep_separate_histories(monkeypatch, random_checkpoint, em
     assert [n for _, n in cards(first)] == ["first.jpg"]
     assert [n for _, n in cards(second)] == ["sample_real_grace_hopper.jpg"]
     assert list(history(first)["file_name"]) == ["first.jpg"]
+
+
+def test_evidence_panel_for_a_signed_ai_photo_and_a_phone_photo(app, hopper_jpeg_bytes):
+    heic = reencode(hopper_jpeg_bytes, "HEIF", quality=85, exif=camera_exif(gps=True).tobytes())
+    upload(app, ("generated.jpg", signed_ai_photo_with_gps(hopper_jpeg_bytes), "image/jpeg"),
+           ("IMG_0001.HEIC", heic, "image/heic"))  # fmt: skip
+    assert cards(app)[0] == ("FAKE", "generated.jpg") and cards(app)[1][1] == "IMG_0001.HEIC"
+    decided = [e.value for e in app.error]
+    assert len(decided) == 1 and "decides the verdict" in decided[0] and "trainedAlgorithmicMedia" in decided[0]
+    lines = " ".join(m.value for m in app.markdown)
+    assert "not in your trust list" in lines and "Canon EOS R5" in lines and "taken \\(GPS\\)" in lines
+    assert sum(EVIDENCE_RULES in c.value for c in app.caption) == 2  # one per card
+    assert any("AI-made, by the file's own declaration" in m.value for m in app.markdown)
+    raw = json.dumps([j.value for j in app.json])
+    assert "c2pa.ai_generated" in raw and not any(c in raw + lines for c in LEAKED_COORDINATES)
+    assert "trainedAlgorithmicMedia" in history(app)["decided_by"][0]
+

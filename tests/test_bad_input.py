@@ -6,6 +6,7 @@ import io
 import struct
 import tempfile
 import time
+import tracemalloc
 import zlib
 from fractions import Fraction
 
@@ -27,6 +28,7 @@ from deepfake.errors import (
     NoDecodableFramesError,
     NotMediaError,
     UnsupportedFormatError,
+    VideoTooSmallError,
 )
 from deepfake.media import load_image
 
@@ -264,19 +266,57 @@ def test_an_image_too_small_for_a_face_is_refused(image_detector, hopper_rgb, si
     _check(excinfo, "icon.png", f"{size[0]}x{size[1]}", "too small")
 
 
-def test_a_tiny_video_is_scored_whole_instead_of_crashing(video_detector):
-    frames = [np.full((16, 16, 3), 60 + 20 * i, np.uint8) for i in range(4)]
+@pytest.mark.parametrize("side", [2, 16])
+def test_a_video_of_tiny_frames_is_refused_like_a_tiny_image(video_detector, side):
+    """Regression: 1x1 (here 2x2, H.264's smallest) frames were scored, though such images are refused."""
+    frames = [np.full((side, side, 3), 60 + 20 * i, np.uint8) for i in range(4)]
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    result = video_detector.detect(buffer.getvalue(), name="tiny.mp4", num_frames=2, explain=False)
-    assert result.verdict == "NO FACE" and any("no face" in w.lower() for w in result.warnings)
+    with pytest.raises(VideoTooSmallError) as excinfo:
+        video_detector.detect(buffer.getvalue(), name="tiny.mp4", num_frames=2, explain=False)
+    _check(excinfo, "tiny.mp4", f"{side}x{side}", "too small")
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A real JPEG of ``width`` x ``height`` of one colour: tens of KB that decode to 40 MP."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (120, 130, 140)).save(buffer, "JPEG", quality=10)
+    return buffer.getvalue()
+
+
+def test_a_header_bomb_under_the_cap_is_analysed_at_working_size_in_bounded_memory(image_detector, tmp_path):
+    """Regression: a small JPEG of 6600x6000 (under the 40 MP cap) was decoded and explained in full,
+    +2 GB a request. Now it is decoded at a reduced DCT scale; tracemalloc counts numpy's arrays."""
+    data = _jpeg_claiming(6600, 6000)
+    assert len(data) < 2_000_000
+    tracemalloc.start()
+    try:
+        result = image_detector.detect(data, name="bomb.jpg", output_dir=tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Measured: 131 MiB at the working size, 239 MiB decoding in full (the overlay is drawn at display
+    # size either way); the original +2 GB came from also drawing the heatmap over all 40 MP.
+    assert peak < 170 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert (result.width, result.height) == (3300, 3000)
+    assert any("6600x6000 picture was analysed scaled down to 3300x3000" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "TIFF"])
+def test_a_multi_frame_image_says_how_many_frames_were_skipped(image_detector, hopper_rgb, fmt):
+    frames = [Image.fromarray(hopper_rgb).resize((128, 128)), Image.new("RGB", (128, 128), "red"),
+              Image.new("RGB", (128, 128), "blue")]  # fmt: skip
+    buffer = io.BytesIO()
+    frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:])
+    result = image_detector.detect(buffer.getvalue(), name=f"moving.{fmt.lower()}", explain=False)
+    assert any("holds 3 frames" in w and "2 were skipped" in w for w in result.warnings), result.warnings
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(image_detector, hopper_rgb):

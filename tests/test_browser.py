@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from provenance_samples import LEAKED_COORDINATES, camera_exif, reencode, signed_ai_photo_with_gps
 
-from deepfake import evaluate
-from deepfake.metrics import summarize, threshold_sweep
+from deepfake.evaluation import evaluate
+from deepfake.evaluation.metrics import summarize, threshold_sweep
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -176,3 +177,37 @@ def test_dashboard_in_a_browser(server, hopper_jpeg_bytes, synthetic_clip):
             other.screenshot(path=ARTIFACTS / "dashboard-second-tab.png", animations="disabled")
         finally:
             browser.close()
+
+
+def test_evidence_panel_in_a_browser(server, hopper_jpeg_bytes):
+    """A photo signed as AI-generated (with GPS) and a phone's HEIC photo, dropped into the uploader."""
+    heic = reencode(hopper_jpeg_bytes, "HEIF", quality=85, exif=camera_exif(gps=True).tobytes())
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(server, timeout=90_000)
+            page.locator("input[type=file]").wait_for(state="attached", timeout=120_000)
+            page.set_input_files("input[type=file]", [
+                {"name": "generated.jpg", "mimeType": "image/jpeg", "buffer": signed_ai_photo_with_gps(hopper_jpeg_bytes)},
+                {"name": "IMG_0001.HEIC", "mimeType": "image/heic", "buffer": heic},
+            ])  # fmt: skip
+            texts = wait_for_cards(page, 2)
+            assert texts[0].startswith("FAKE ") and "generated.jpg" in texts[0] and "IMG_0001.HEIC" in texts[1]
+            card = page.locator(CARD).filter(has_text="generated.jpg")
+            panel = card.locator('[class*="st-key-evidence-"]')
+            sync_api.expect(panel).to_contain_text("decides the verdict")
+            sync_api.expect(panel).to_contain_text("trainedAlgorithmicMedia")
+            sync_api.expect(panel).to_contain_text("the signer is not in your trust list")
+            sync_api.expect(panel).to_contain_text("the coordinates are left out")
+            sync_api.expect(panel).to_contain_text("Missing metadata is not evidence")
+            panel.get_by_text("Raw fields behind the evidence").click()
+            sync_api.expect(panel.get_by_text('"c2pa.ai_generated"').first).to_be_visible(timeout=30_000)
+            phone = page.locator(CARD).filter(has_text="IMG_0001.HEIC")
+            sync_api.expect(phone.locator('[class*="st-key-evidence-"]')).to_contain_text("Canon EOS R5")
+            assert not any(c in page.content() for c in LEAKED_COORDINATES)
+            page.wait_for_timeout(500)
+            card.screenshot(path=ARTIFACTS / "dashboard-evidence-card.png", animations="disabled")
+        finally:
+            browser.close()
+

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from deepfake.dashboard import (
+from deepfake.figures import encode_png, gauge_png, timeline_png
+from deepfake.interfaces.dashboard import (
     Workbench,
     demote_headings,
     history_chart,
@@ -19,7 +20,6 @@ from deepfake.dashboard import (
     timeline_chart,
     timeline_table,
 )
-from deepfake.figures import encode_png, gauge_png, timeline_png
 from deepfake.results import HISTORY_COLUMNS
 from deepfake.wording import markdown_literal, verdict_sentence
 
@@ -46,7 +46,7 @@ def test_a_photo(photo):
     assert photo.ok and photo.media_type == "image" and photo.error == ""
     assert photo.result.face_count == 1 and photo.result.cam_method == "gradcam"
     assert photo.result.heatmap_overlay_path is None, "no path into a folder that no longer exists"
-    assert photo.annotated_video is None and photo.explained == {"gradcam": photo.result}
+    assert photo.annotated_video is None and photo.explained == {("gradcam", "fake"): photo.result}
 
 
 def test_a_video_keeps_what_is_shown(clip):
@@ -83,10 +83,10 @@ def test_view_relabels_and_reexplains_without_detecting(bench, photo):
     assert photo.result.threshold == 0.6, "the analysis itself is never changed"
 
     plus = bench.view(photo, probability - 0.01, "gradcam++")
-    assert plus.cam_method == "gradcam++" and set(photo.explained) == {"gradcam", "gradcam++"}
+    assert plus.cam_method == "gradcam++" and set(photo.explained) == {("gradcam", "fake"), ("gradcam++", "fake")}
     assert not np.allclose(plus.faces[0].cam, photo.result.faces[0].cam)
     assert plus.fake_probability == probability and plus.verdict == "FAKE"
-    assert photo.result.faces[0].cam is photo.explained["gradcam"].faces[0].cam
+    assert photo.result.faces[0].cam is photo.explained[("gradcam", "fake")].faces[0].cam
 
 
 def test_video_view(bench, clip):

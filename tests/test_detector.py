@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from deepfake import DetectionEngine, DetectionResult, ImageDeepfakeDetector
-from deepfake.engine import deciding_face
 from deepfake.errors import ModelNotFoundError
-from deepfake.results import HISTORY_COLUMNS, FaceResult
+from deepfake.results import HISTORY_COLUMNS, FaceResult, deciding_face
 
 TIMING_KEYS = {"decode_ms", "faces_ms", "model_ms", "explanation_ms", "total_ms"}
 
@@ -263,8 +262,8 @@ def test_flip_average_scores_a_face_and_its_mirror_alike(random_checkpoint, hopp
     mirror = np.ascontiguousarray(crop[:, ::-1])
     assert abs(plain.score([crop])[0] - plain.score([mirror])[0]) > 1e-4  # the network itself is not symmetric
     assert flip.score([crop])[0] == pytest.approx(flip.score([mirror])[0], abs=1e-5)
-    probabilities, cams = flip.score_and_cams([crop])  # the explaining path scores the same way
-    assert probabilities[0] == pytest.approx(flip.score([crop])[0], abs=1e-5) and cams.shape == (1, 224, 224)
+    scores, cams = flip.score_and_cams([crop])  # the explaining path scores the same way
+    assert scores.fake[0] == pytest.approx(flip.score([crop])[0], abs=1e-5) and cams.shape == (1, 224, 224)
     calls = []
     handle = flip.model.module.register_forward_hook(lambda *_: calls.append(1))
     try:

@@ -17,7 +17,7 @@ from explainability import (
     overlay,
 )
 
-# MTCNN order: left eye, right eye, nose, mouth left, mouth right; eyes 20 px apart
+# The face detector's order: left eye, right eye, nose, mouth left, mouth right (as seen); eyes 20 px apart
 LANDMARKS = np.array(
     [[40, 40], [60, 40], [50, 55], [42, 70], [58, 70]], dtype=np.float32
 )
@@ -166,3 +166,28 @@ def test_draw_regions_returns_a_copy() -> None:
     np.testing.assert_array_equal(drawn[24, 29], (255, 48, 48))
     assert drawn[15, 20].max() == 0 and drawn[26, 31].max() == 0
     assert draw_regions(picture, [boxed]).shape == picture.shape
+
+
+def test_overlay_of_a_large_photo_is_drawn_at_display_size() -> None:
+    from deepfake.results import FaceResult
+    from explainability.faces import MAX_OVERLAY_PIXELS, render_overlay
+
+    picture = np.full((2400, 3000, 3), 128, np.uint8)  # 7.2 MP
+    crop_to_image = np.array([[5.0, 0.0, 1000.0], [0.0, 5.0, 800.0]], np.float32)  # a 100 px crop over 500 px
+    region = SuspiciousRegion(box=(1100.0, 900.0, 1300.0, 1100.0), mean_activation=0.9, share=0.5, parts=["nose"])
+    face = FaceResult(box=(1000.0, 800.0, 1500.0, 1300.0), landmarks=None, detector_score=0.9, fake_probability=0.9,
+                      suspicious_regions=[region], crop=np.zeros((100, 100, 3), np.uint8), crop_to_image=crop_to_image,
+                      cam=np.ones((100, 100), np.float32))
+    drawn = render_overlay(picture, [face])
+    scale = drawn.shape[1] / picture.shape[1]
+    assert drawn.shape[0] * drawn.shape[1] <= MAX_OVERLAY_PIXELS and scale == pytest.approx(0.5, abs=0.05)
+    assert drawn.shape[0] / drawn.shape[1] == pytest.approx(0.8, abs=1e-3)
+    painted = np.argwhere((drawn != 128).any(axis=2))
+    (top, left), (bottom, right) = painted.min(axis=0), painted.max(axis=0)
+    # The heat covers the crop's square (its faded edge left unpainted), scaled with the picture.
+    assert 1000 * scale <= left < 1100 * scale and 1400 * scale < right < 1500 * scale
+    assert 800 * scale <= top < 900 * scale and 1200 * scale < bottom < 1300 * scale
+    # The region's box is drawn where the region is, in red.
+    x1, y1 = round(1100 * scale), round(900 * scale)
+    assert tuple(drawn[y1 + 20, x1]) == (255, 48, 48)
+    assert face.crop_to_image[0, 0] == 5.0 and face.suspicious_regions[0].box[0] == 1100.0  # the face is left as it was

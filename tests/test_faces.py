@@ -1,9 +1,21 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
-from deepfake.faces import LANDMARK_NAMES, crop_face, outside_fraction, whole_image_box
+from deepfake.engine import DetectionEngine
+from deepfake.errors import CorruptModelError, ModelNotFoundError
+from deepfake.faces import (
+    LANDMARK_NAMES,
+    YUNET_PATH,
+    FaceDetector,
+    crop_face,
+    face_detector,
+    outside_fraction,
+    whole_image_box,
+)
 
 
 def _iou(a, b) -> float:
@@ -82,8 +94,81 @@ def test_large_image_is_searched_downscaled_and_mapped_back(detector, hopper_rgb
     faces = detector.detect(big)
     assert len(faces) == 1
     scaled = np.array(hopper_faces[0].box) * 2
-    assert _iou(faces[0].box, scaled) > 0.8  # MTCNN sees 546x640 pixels here, not 512x600: close, not equal
+    assert _iou(faces[0].box, scaled) > 0.8  # YuNet sees 546x640 pixels here, not 512x600: close, not equal
     np.testing.assert_allclose(faces[0].landmarks, hopper_faces[0].landmarks * 2, atol=20)
+
+
+def test_face_in_a_large_canvas_maps_back_to_where_it_was_pasted(detector, hopper_rgb, hopper_faces):
+    canvas = np.full((1800, 2400, 3), 90, np.uint8)  # searched at 640x480, a quarter of its width
+    left, top = 1700, 1100
+    canvas[top : top + hopper_rgb.shape[0], left : left + hopper_rgb.shape[1]] = hopper_rgb
+    faces = detector.detect(canvas)
+    assert len(faces) == 1
+    offset = np.array([left, top], dtype=np.float32)
+    expected = np.array(hopper_faces[0].box) + np.tile(offset, 2)
+    assert _iou(faces[0].box, expected) > 0.8
+    # One pixel at 640 px is about 4 here: the landmarks land within a few of them of the full-size ones.
+    np.testing.assert_allclose(faces[0].landmarks, hopper_faces[0].landmarks + offset, atol=16)
+
+
+def test_yunet_landmarks_fall_on_grace_hoppers_features(hopper_faces):
+    # Where MTCNN, the detector before, put them (eyes 88 px apart). YuNet's mouth corners sit about
+    # 12 px higher, on the upper lip's ends rather than where the lips meet (looked at by eye).
+    by_mtcnn = [[222, 192], [310, 186], [269, 239], [233, 280], [307, 276]]
+    np.testing.assert_allclose(hopper_faces[0].landmarks, by_mtcnn, atol=15)
+    eyes, nose, mouth = hopper_faces[0].landmarks[:2], hopper_faces[0].landmarks[2], hopper_faces[0].landmarks[3:]
+    assert eyes[0, 0] < nose[0] < eyes[1, 0] and mouth[0, 0] < nose[0] < mouth[1, 0]
+
+
+def test_detection_from_several_threads_matches_one_at_a_time(detector, hopper_rgb, astronaut_rgb):
+    images = [hopper_rgb, astronaut_rgb] * 4
+    serial = [detector.detect(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(detector.detect, images))
+    for one, other in zip(serial, parallel):
+        assert [f.box for f in one] == [f.box for f in other]
+
+
+def test_missing_model_file_is_a_typed_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="missing"):
+        FaceDetector(tmp_path / "face_detection_yunet_2023mar.onnx")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
+def test_corrupt_model_file_is_a_typed_error(tmp_path, damage):
+    data = bytearray(YUNET_PATH.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # OpenCV loads this one and then draws wrong boxes: only the checksum catches it
+        data[100_000:101_000] = bytes(1000)
+    path = tmp_path / "yunet.onnx"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptModelError, match="damaged"):
+        FaceDetector(path)
+
+
+def test_one_face_detector_for_images_videos_and_the_training_cache(engine, random_checkpoint, hopper_path,
+                                                                     tmp_path, monkeypatch):  # fmt: skip
+    from deepfake import ImageDeepfakeDetector, VideoDeepfakeDetector
+    from deepfake.training.data import build_cache
+
+    assert engine.face_detector is face_detector()
+    assert DetectionEngine.load(random_checkpoint, device="cpu").face_detector is engine.face_detector
+    images, videos = ImageDeepfakeDetector(engine=engine), VideoDeepfakeDetector(engine=engine)
+    assert images.engine.face_detector is videos.engine.face_detector is face_detector()
+
+    searched = []
+    shared = face_detector()
+
+    def spy(batch: list[np.ndarray]) -> list:
+        searched.extend(batch)
+        return FaceDetector.detect_batch(shared, batch)
+
+    monkeypatch.setattr(shared, "detect_batch", spy)
+    (tmp_path / "data" / "real" / "portraits").mkdir(parents=True)
+    (tmp_path / "data" / "real" / "portraits" / "hopper.jpg").write_bytes(hopper_path.read_bytes())
+    cache = build_cache(tmp_path / "data", tmp_path / "cache")
+    assert len(searched) == 1 and cache.face_found.all()  # the cache found its face with the shared detector
 
 
 def test_crop_face_shape_and_mapping(hopper_rgb, hopper_faces):

@@ -127,7 +127,7 @@ def test_torchscript_model_works_without_heatmap(engine, hopper_rgb, tmp_path):
     loaded = load_model(path)
     assert loaded.source_format == "torchscript" and loaded.version == "unknown"
     _assert_frozen_eval(loaded.module)
-    scripted = DetectionEngine(loaded, engine.face_detector, torch.device("cpu"))  # MTCNN loaded once
+    scripted = DetectionEngine(loaded, engine.face_detector, torch.device("cpu"))  # the one face detector
     assert not scripted.cam_available
     detector = ImageDeepfakeDetector(engine=scripted, output_dir=tmp_path / "out")
     result = detector.detect(hopper_rgb)

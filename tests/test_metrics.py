@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from deepfake import metrics
+from deepfake.evaluation import metrics
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from deepfake.cli import EXIT_SOME_FAILED, ScanOptions, main, scan_local
+from deepfake.interfaces.cli import EXIT_SOME_FAILED, main
+from deepfake.interfaces.scanning import ScanOptions, scan_local
 
 # Ray Data touches its own deprecated settings when it copies its context; nothing to do with us.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")

@@ -9,11 +9,24 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import CLIP_FPS, face_frames, make_clip
+from streamlit.testing.v1 import AppTest
 
-from deepfake.data import assign_splits, scan
-from deepfake.evaluate import evaluate
-from deepfake.loading import load_model
-from deepfake.train import main as train_main
+from deepfake.engine import DetectionEngine
+from deepfake.evaluation.evaluate import EvalConfig, evaluate
+from deepfake.interfaces.dashboard import (
+    authentic_tables,
+    kinds_table,
+    ladder_table,
+    load_evaluation,
+    loko_table,
+    metrics_table,
+)
+from deepfake.loading import load_model, save_checkpoint
+from deepfake.model import ModelConfig, create_model
+from deepfake.training.data import assign_splits, build_cache, scan
+from deepfake.training.taef2 import DECODER_FILE, ENCODER_FILE, TAEF2
+from deepfake.training.train import main as train_main
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
@@ -57,73 +70,204 @@ def test_near_duplicates_stay_together():
     assert len(set(is_val[:100])) == 1 and len(records) == 200
 
 
-def test_train_writes_a_loadable_calibrated_checkpoint_and_resumes(tiny_data, tmp_path):
+TINY = ["--epoch-size", "8", "--batch-size", "4", "--input-size", "64", "--val-fraction", "0.5",
+        "--val-per-kind", "4", "--workers", "0", "--no-bf16"]  # fmt: skip
+
+
+def test_train_writes_a_loadable_two_head_checkpoint_and_resumes(tiny_data, tmp_path, hopper_rgb):
     out = tmp_path / "model.pth"
-    args = ["--data", str(tiny_data), "--out", str(out), "--cache", str(tmp_path / "cache"), "--epochs", "1",
-            "--epoch-size", "8", "--batch-size", "4", "--input-size", "64", "--val-fraction", "0.5",
-            "--val-per-kind", "8", "--workers", "0", "--version", "test-1"]  # fmt: skip
-    train_main(args)
+    args = ["--data", str(tiny_data), "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY,
+            "--version", "test-1"]  # fmt: skip
+    train_main([*args, "--total-samples", "8"])
     loaded = load_model(out)
     assert loaded.version == "test-1" and loaded.config.input_size == 64 and loaded.config.face_margin == 1.3
-    assert loaded.threshold == 0.6 and loaded.temperature > 0
-    assert "pseudo-fakes (self-blend, part swap, resynthesis)" in loaded.trained_on and "blurred" in loaded.trained_on
-    assert "auc_real_vs_pseudo" in loaded.metrics and len(loaded.metrics["history"]) == 1
-    assert out.with_suffix(".log").read_text().count("epoch 1:") == 1
-    state = out.with_name("model.state.pt")
-    assert state.exists()
-    train_main(args[:-6] + ["--epochs", "2"] + args[-4:])  # resumes at epoch 2, not from scratch
+    assert loaded.config.heads == ("blending", "generation") and len(loaded.config.combine_weights) == 2
+    assert all(t > 0 for t in loaded.config.head_temperatures) and loaded.threshold == 0.6
+    assert {"self_blend", "part_swap", "blurred"} <= set(loaded.trained_on)
+    as_given = loaded.metrics["as given"]
+    assert {"auc:self_blend", "auc:fake:blurred", "false_alarms", "real_mean"} <= set(as_given)
+    assert set(loaded.metrics) >= {"JPEG 75", "half size + JPEG 50", "H.264 CRF 35", "selection"}
+    assert len(loaded.metrics["history"]) == 1
+    assert out.with_suffix(".log").read_text().count("chunk 1:") == 1
+    assert out.with_name("model.state.pt").exists()
+    train_main([*args, "--total-samples", "16"])  # resumes at chunk 2, not from scratch
     log = out.with_suffix(".log").read_text()
-    assert "resumed from" in log and "epoch 2:" in log
-    assert len(load_model(out).metrics["history"]) == 2
+    assert "resumed from" in log and "chunk 2:" in log
     assert load_model(out).config.flip_average  # the default for new models
 
-    # Recalibrating only (--init, --epochs 0): same weights, a new temperature for plain scoring,
-    # and the model's ancestry kept.
-    plain = tmp_path / "plain.pth"
-    train_main(["--data", str(tiny_data), "--out", str(plain), "--cache", str(tmp_path / "cache"), "--init", str(out),
-                "--epochs", "0", "--input-size", "64", "--val-fraction", "0.5", "--workers", "0", "--no-flip-average",
-                "--version", "test-2"])  # fmt: skip
-    before, after = torch.load(out, weights_only=True), torch.load(plain, weights_only=True)
-    assert after["config"]["flip_average"] is False and after["version"] == "test-2"
+    # The engine scores with both heads: a face carries each head's probability and the kind that dominates.
+    engine = DetectionEngine.load(out, device="cpu")
+    face = engine.score_faces([hopper_rgb], engine.faces_for([hopper_rgb]), cam_method="gradcam")[0][0]
+    assert set(face.head_probabilities) == {"blending", "generation"}
+    assert face.dominant_evidence in ("blending", "generation") and face.cam is not None
+    assert face.to_dict()["generation_probability"] == round(face.head_probabilities["generation"], 6)
+
+    # Recalibrating only (--init, --total-samples 0): same weights, a new calibration, the ancestry kept.
+    again = tmp_path / "again.pth"
+    train_main(["--data", str(tiny_data), "--out", str(again), "--cache", str(tmp_path / "cache"), "--init", str(out),
+                "--total-samples", "0", *TINY, "--version", "test-2"])  # fmt: skip
+    before, after = torch.load(out, weights_only=True), torch.load(again, weights_only=True)
+    assert after["version"] == "test-2"
     assert all(torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
-    assert after["metrics"]["history"] == before["metrics"]["history"]
     assert after["lineage"] == [before["train_config"]]
 
 
-def test_unseen_kind_protocol_holds_out_the_fake_folders(tiny_data, tmp_path):
+def test_left_out_kinds_are_never_trained_on(tiny_data, tmp_path):
     out = tmp_path / "unseen.pth"
-    train_main(["--data", str(tiny_data), "--out", str(out), "--cache", str(tmp_path / "cache"), "--epochs", "1",
-                "--max-steps", "1", "--batch-size", "4", "--input-size", "64", "--val-fraction", "0.5",
-                "--workers", "0", "--no-fake-sources"])  # fmt: skip
+    train_main(["--data", str(tiny_data), "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY,
+                "--total-samples", "8", "--max-steps", "1", "--leave-out", "fake:blurred"])  # fmt: skip
     loaded = load_model(out)
-    assert "blurred" not in loaded.trained_on
-    assert "training on ['real', 'pseudo']" in out.with_suffix(".log").read_text()
+    assert "blurred" not in loaded.trained_on and "auc:fake:blurred" not in loaded.metrics["as given"]
 
 
-def test_evaluate_writes_every_report(tiny_data, random_checkpoint, tmp_path):
-    report = evaluate(str(tiny_data), str(random_checkpoint), str(tmp_path), pseudo_fakes=True)
+@pytest.fixture(scope="module")
+def held_out(tiny_data, tmp_path_factory, hopper_rgb, astronaut_rgb) -> dict:
+    """Beside ``tiny_data``: three tiny clips (the cache trains on the first two and holds the third
+    out), a cache split in half, a folder of authentic photos and random TAEF2 weights."""
+    folder = tmp_path_factory.mktemp("held_out")
+    videos = folder / "videos"
+    videos.mkdir()
+    for i, face in enumerate([hopper_rgb, astronaut_rgb, hopper_rgb[:, ::-1]]):
+        (videos / f"clip{i}.mp4").write_bytes(make_clip(face_frames(face, count=8), CLIP_FPS))
+    build_cache(tiny_data, folder / "cache", val_fraction=0.5, videos=videos)
+    photos = folder / "photos"
+    _write(photos / "hopper.jpg", hopper_rgb)
+    _write(photos / "astronaut.png", astronaut_rgb)
+    (photos / "notes.txt").write_text("not a photo")
+    torch.manual_seed(0)
+    taef2 = TAEF2()
+    for part, name in ((taef2.encoder, ENCODER_FILE), (taef2.decoder, DECODER_FILE)):
+        torch.save({k: v.half() for k, v in part.state_dict().items()}, folder / name)
+    return {"cache": str(folder / "cache"), "videos": str(videos), "photos": str(photos), "taef2": str(folder)}
+
+
+@pytest.fixture(scope="module")
+def two_head_checkpoint(tmp_path_factory) -> Path:
+    """A random two-head model at 64 px whose checkpoint records that it was trained without ``blurred``.
+    BatchNorm statistics measured on noise keep its scores apart (see ``random_model`` in conftest)."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", num_outputs=2)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.reset_running_stats()
+        norm.momentum = None
+    with torch.no_grad():
+        model.train()(torch.rand(8, 3, 64, 64) * 2 - 1)
+    path = tmp_path_factory.mktemp("two_heads") / "two_heads.pth"
+    config = ModelConfig(arch="efficientnet_lite0", input_size=64, heads=("blending", "generation"),
+                         combine_weights=(1.0, 1.0), head_temperatures=(1.0, 1.0))  # fmt: skip
+    save_checkpoint(path, model.eval(), config, version="two-heads",
+                    extra={"train_config": {"leave_out": ["fake:blurred"]}})  # fmt: skip
+    return path
+
+
+def _check_sections(report: dict, out: Path) -> None:
+    """What every protocol-v2 report holds, whatever the model."""
+    kinds = report["kinds"]
+    assert list(kinds) == ["blurred", "self_blend", "part_swap", "decoder_blend", "taef2"]
+    assert kinds["blurred"]["population"] == "files" and kinds["taef2"]["population"] == "made"
+    for k in kinds.values():
+        assert {"as_given", "matched", "n_real", "n_fake"} <= set(k) and k["n_fake"] >= 1
+        assert {"auc", "ece", "recall", "fpr"} <= set(k["matched"])
+    rows = report["ladder"]["rows"]
+    assert list(rows) == ["as given", "JPEG 75", "JPEG 50", "JPEG 30", "half size", "H.264 CRF 28", "H.264 CRF 35",
+                          "H.264 CRF 40", "half size + JPEG 50"]  # fmt: skip
+    assert all({"auc_files", "auc_made", "fpr", "real_mean", "real_mean_change", "auc_by_kind"} <= set(r) for r in rows.values())
+    assert rows["as given"]["real_mean_change"] == 0 and rows["H.264 CRF 40"]["real_mean"] != rows["as given"]["real_mean"]
+    assert report["ladder"]["target"]["steps"] == ["JPEG 30", "H.264 CRF 40"]
+    photos, videos = report["authentic"]["photos"], report["authentic"]["videos"]
+    assert sorted(f["file"] for f in photos["files"]) == ["astronaut.png", "hopper.jpg"]
+    assert photos["n_faces"] >= 2 and 0 <= photos["flagged_faces"] <= photos["n_faces"]
+    assert [(c["file"], c["in_training"]) for c in videos["clips"]] == [
+        ("clip0.mp4", "training"), ("clip1.mp4", "training"), ("clip2.mp4", "held out")]  # fmt: skip
+    assert all(c["frames_with_faces"] >= 1 for c in videos["clips"])
+    protocol = report["protocol"]
+    assert protocol["per_kind"] == 3 and protocol["made_from"] <= 3 and protocol["matched"] == "JPEG 75"
+    assert protocol["counts"]["fake/blurred"] == {"held_out": 4, "used": 3}
+    assert protocol["reconstructions"]["missing"] == 0
     for name in ("metrics.json", "EVALUATION_REPORT.md", "THRESHOLD_OPTIMIZATION_REPORT.md", "roc.png", "pr.png",
                  "confusion.png", "histogram.png", "reliability.png"):  # fmt: skip
-        assert (tmp_path / name).stat().st_size > 0, name
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["image_level"]["n"] == 18  # 8 real people + 2 misc + 8 blurred; the broken file is listed
-    assert [u["path"].endswith("broken.jpg") for u in saved["files"]["unreadable"]] == [True]
-    assert any(p.endswith("no_face.jpg") for p in saved["files"]["no_face"])
-    assert saved["files"]["several_faces"] >= 1
-    assert set(saved["by_source"]) >= {"people", "misc", "blurred", "pseudo:people"}
-    assert 0 <= saved["pseudo_fake_level"]["auc"] <= 1
-    assert {row["threshold"] for row in saved["threshold_sweep"]["rows"]} >= {0.5, 0.6}
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "metrics.json").read_text())["kinds"].keys() == kinds.keys()
+    text = (out / "EVALUATION_REPORT.md").read_text()
+    for heading in ("## Protocol", "## Per kind of fake", "## Degradation ladder", "H.264 CRF 40", "## Authentic media",
+                    "## Leave one kind out", "## Misses"):  # fmt: skip
+        assert heading in text, heading
+
+    # The dashboard's Model performance tab reads the same folder.
+    evaluation = load_evaluation(out)
+    assert list(kinds_table(evaluation.metrics).index) == list(kinds)
+    assert list(ladder_table(evaluation.metrics).index) == list(rows)
+    photo_faces, clips = authentic_tables(evaluation.metrics)
+    assert len(photo_faces) == photos["n_faces"] and list(clips["Frames in training"]) == ["training", "training", "held out"]
+    assert "Real crops vs made fakes" in metrics_table(evaluation).index
+
+
+def test_evaluate_one_logit_model(tiny_data, held_out, random_checkpoint, tmp_path, monkeypatch):
+    report = evaluate(EvalConfig(data=str(tiny_data), out=str(tmp_path), model=str(random_checkpoint), per_kind=3,
+                                 **held_out))  # fmt: skip
+    _check_sections(report, tmp_path)
+    assert report["model"]["heads"] == ["fake"] and all("heads" not in k for k in report["kinds"].values())
+    assert "p_fake" in report["authentic"]["photos"]["faces"][0] and "p_blending" not in report["authentic"]["photos"]["faces"][0]
+    # As today: held-out files through the engine, with what could not be scored listed.
+    assert report["image_level"]["n"] == report["files"]["scored"] == sum(c["used"] for c in report["protocol"]["counts"].values())
+    assert report["protocol"]["counts"]["real/people"] == {"held_out": 4, "used": 3}  # capped
+    assert report["loko"] == {"given": False, "condition": "JPEG 75", "models": {}}
+    assert "None were given" in (tmp_path / "EVALUATION_REPORT.md").read_text()
+    assert loko_table(load_evaluation(tmp_path).metrics).empty
     text = (tmp_path / "THRESHOLD_OPTIMIZATION_REPORT.md").read_text()
     assert "Youden" in text and "Recommendation" in text and "0.60" in text
-    assert report["protocol"]["pseudo_fakes"] is True
+
+    # The dashboard's Model performance tab shows the new tables.
+    monkeypatch.setenv("DEEPFAKE_MODEL", str(random_checkpoint))
+    monkeypatch.setenv("DEEPFAKE_REPORTS", str(tmp_path))
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
+    app.run()
+    assert not app.exception, app.exception
+    columns = [set(df.value.columns) for df in app.dataframe]
+    for column in ("AUC compression matched", "Reals' mean P(fake)", "Fake probability", "Frames in training"):
+        assert any(column in c for c in columns), column
+    assert any("No model trained without a kind" in i.value for i in app.info)
 
 
-def test_evaluate_robustness_rescores_degraded_files(tiny_data, random_checkpoint, tmp_path):
-    report = evaluate(str(tiny_data), str(random_checkpoint), str(tmp_path), robustness=True)
-    conditions = report["robustness"]
-    assert list(conditions) == ["as given", "JPEG quality 75", "JPEG quality 50", "half size",
-                                "half size, then JPEG quality 50"]  # fmt: skip
-    assert all(c["n"] == 18 for c in conditions.values())  # every readable file, each class
-    assert conditions["as given"] == report["image_level"]
-    assert all(conditions[name]["ece"] != conditions["as given"]["ece"] for name in list(conditions)[1:])  # rescored
-    assert "## Robustness" in (tmp_path / "EVALUATION_REPORT.md").read_text()
+def test_evaluate_two_head_model_and_left_out_kinds(tiny_data, held_out, two_head_checkpoint, random_checkpoint,
+                                                    tmp_path):  # fmt: skip
+    config = EvalConfig(data=str(tiny_data), out=str(tmp_path), model=str(two_head_checkpoint), per_kind=3,
+                        loko_models={"fake:blurred": str(two_head_checkpoint), "taef2": str(random_checkpoint)},
+                        **held_out)  # fmt: skip
+    report = evaluate(config)
+    _check_sections(report, tmp_path)
+    for k in report["kinds"].values():
+        assert set(k["heads"]) == {"blending", "generation"} and set(k["heads"]["blending"]) == {"as_given", "matched"}
+    assert {"p_blending", "p_generation"} <= set(report["authentic"]["photos"]["faces"][0])
+    loko = report["loko"]
+    assert loko["given"] and list(loko["models"]) == ["blurred", "taef2"]
+    blurred, taef2 = loko["models"]["blurred"], loko["models"]["taef2"]
+    assert blurred["left_out_in_training"] is True and taef2["left_out_in_training"] is None  # not recorded
+    assert blurred["main_model_auc_matched"] == report["kinds"]["blurred"]["matched"]["auc"]
+    assert taef2["n_fake"] == report["kinds"]["taef2"]["n_fake"] and 0 <= taef2["auc_matched"] <= 1
+    assert "blending head AUC (matched)" in kinds_table(report).columns
+    assert list(loko_table(report).index) == ["blurred", "taef2"]
+    with pytest.raises(SystemExit, match="not in the held-out set"):
+        evaluate(EvalConfig(**{**config.__dict__, "loko_models": {"sd21": str(random_checkpoint)}}))
+
+
+def test_a_pair_shares_framing_look_and_degradation(tiny_data, tmp_path, monkeypatch):
+    """With a 'manipulation' that changes nothing, both members of every training pair come out
+    byte-identical: framing jitter, mirroring, bands, tone, blur, noise, resizing, H.264 and JPEG
+    were all drawn once for the pair."""
+    from deepfake.training import train as train_module
+    from deepfake.training.data import build_cache
+
+    cache = build_cache(tiny_data, tmp_path / "cache", val_fraction=0.5)
+    config = train_module.TrainConfig(data=str(tiny_data), out=str(tmp_path / "m.pth"), input_size=64)
+    kinds = train_module.kinds_available(cache, config, validation=False)
+    pairs = train_module.draw_pairs(cache, {"self_blend": kinds["self_blend"]}, 40, np.random.default_rng(0), False)
+    monkeypatch.setattr(train_module, "make_fake", lambda kind, cache, index, *rest: np.asarray(cache.crops[index]))
+    dataset = train_module.PairSet(cache, pairs, np.array(kinds["self_blend"]), config, train=True)
+    heavy = 0
+    for i in range(len(pairs)):
+        pixels, targets, weights = dataset[i]
+        assert torch.equal(pixels[0], pixels[1]), f"pair {i} was degraded differently"
+        assert targets[0].tolist() == [0.0, 0.0] and targets[1].tolist() == [1.0, 0.0]
+        heavy += weights[1].item() < 1
+    assert 0 < heavy < len(pairs)  # some pairs are heavily degraded, and their fake weighs less

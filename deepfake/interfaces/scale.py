@@ -23,9 +23,9 @@ import ray
 import ray.data
 import torch
 
-from deepfake.cli import Outcome, ScanOptions, analyse_file
 from deepfake.detector import ImageDeepfakeDetector
 from deepfake.engine import DetectionEngine
+from deepfake.interfaces.scanning import Outcome, ScanOptions, analyse_file
 from deepfake.loading import DEFAULT_MODEL_PATH, load_model
 from deepfake.video import VideoDeepfakeDetector
 
@@ -40,7 +40,8 @@ class DetectorActor:
         path = Path(self._folder.name) / model_name  # same file name, so the model reports the same name
         path.write_bytes(ray.get(model[0]))
         engine = DetectionEngine.load(path, device=device, trust_pickle=trust_pickle)
-        self.images, self.videos = ImageDeepfakeDetector(engine=engine), VideoDeepfakeDetector(engine=engine)
+        self.images = ImageDeepfakeDetector(engine=engine, provenance=options.provenance)
+        self.videos = VideoDeepfakeDetector(engine=engine, provenance=options.provenance)
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

@@ -24,12 +24,13 @@ import numpy as np
 import pandas as pd
 
 from deepfake.detector import ImageDeepfakeDetector
-from deepfake.engine import DetectionEngine, render_overlay
+from deepfake.engine import FAKE_TARGET, DetectionEngine
 from deepfake.errors import DeepfakeError
 from deepfake.exports import history_row
 from deepfake.figures import fit
 from deepfake.loading import DEFAULT_MODEL_PATH, MODEL_ENV, LoadedModel
 from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_media, sniff_kind
+from deepfake.provenance.findings import LEANS_FAKE, LEANS_REAL, NEUTRAL, Finding, heading
 from deepfake.results import (
     FAKE,
     HISTORY_COLUMNS,
@@ -42,11 +43,12 @@ from deepfake.results import (
     now_iso,
 )
 from deepfake.video import Progress, VideoDeepfakeDetector
-from deepfake.wording import VERDICT_COLOURS
+from deepfake.wording import VERDICT_COLOURS, markdown_literal
+from explainability.faces import render_overlay
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REPORTS_ENV = "DEEPFAKE_REPORTS"  # folder written by deepfake.evaluate; unset means reports/
 MODEL_CARD = ROOT / "models" / "MODEL_CARD.md"
 UPLOAD_TYPES = [extension.lstrip(".") for extension in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS]
@@ -55,7 +57,9 @@ METRIC_COLUMNS = ("n", "auc", "accuracy", "precision", "recall", "f1", "eer", "f
 EVALUATION_PLOTS = ("roc", "reliability", "confusion", "pr", "histogram")
 # What a reader looks for first; the export schema keeps its own order (HISTORY_COLUMNS).
 HISTORY_DISPLAY_ORDER = ("analyzed_at", "file_name", "verdict", "fake_probability", "threshold", "faces", "frames",
-                         "media_type", "warnings", "error", "duration_ms", "model_version", "sha256")  # fmt: skip
+                         "media_type", "decided_by", "evidence", "warnings", "error", "duration_ms", "model_version",
+                         "sha256")  # fmt: skip
+EVIDENCE_ICONS = {LEANS_FAKE: ":material/report:", LEANS_REAL: ":material/verified:", NEUTRAL: ":material/info:"}
 
 
 def model_path_from_env() -> str | None:
@@ -77,8 +81,9 @@ def reports_dir_from_env() -> Path:
 class Analysis:
     """One file analysed in a session: the result as detected, or why it failed.
 
-    ``explained`` holds the result once per heatmap method asked for, so switching methods
-    back and forth computes each explanation once; ``view`` caches the last threshold's labels.
+    ``explained`` holds the result once per heatmap method and target (the combined score or one
+    head) asked for, so switching back and forth computes each explanation once; ``view`` caches
+    the last threshold's labels.
     """
 
     file_name: str
@@ -89,7 +94,7 @@ class Analysis:
     annotated_video: bytes | None = None  # H.264 MP4 with coloured face boxes, for videos
     analyzed_at: str = field(default_factory=now_iso)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    explained: dict[str | None, AnalysisResult] = field(default_factory=dict, repr=False)
+    explained: dict[tuple[str | None, str], AnalysisResult] = field(default_factory=dict, repr=False)
     view: tuple[tuple, AnalysisResult] | None = field(default=None, repr=False)
 
     @property
@@ -154,21 +159,24 @@ class Workbench:
             return Analysis(name, kind, sha256, error="The analysis failed unexpectedly on this file. "
                             "It may use an unusual encoding; try converting it to JPEG or MP4.")  # fmt: skip
         analysis = Analysis(name, kind, sha256, result=result, annotated_video=video, analyzed_at=result.analyzed_at)
-        analysis.explained[result.cam_method] = result
+        analysis.explained[(result.cam_method, FAKE_TARGET)] = result
         return analysis
 
-    def view(self, analysis: Analysis, threshold: float, method: str | None = None) -> AnalysisResult:
-        """The analysis as shown: explained with ``method`` (None: as analysed) and labelled at
-        ``threshold``. Detection never runs again; a new method costs one Grad-CAM pass per face."""
+    def view(self, analysis: Analysis, threshold: float, method: str | None = None,
+             target: str | None = None) -> AnalysisResult:  # fmt: skip
+        """The analysis as shown: explained with ``method`` (None: as analysed) for ``target`` (the
+        combined FAKE score, or one head of a two-head model) and labelled at ``threshold``. Detection
+        never runs again; another method or target costs one Grad-CAM pass per face."""
         base = analysis.result
         if base is None:
             raise ValueError(f"'{analysis.file_name}' has no result: {analysis.error}")
         method = method if base.cam_method is not None and method is not None else base.cam_method
-        key = (method, float(threshold))
+        target = target if target in self.engine.cam_targets else FAKE_TARGET
+        key = (method, target, float(threshold))
         if analysis.view is None or analysis.view[0] != key:
-            if method not in analysis.explained:
-                analysis.explained[method] = self.reexplain(base, method)
-            analysis.view = (key, self.rejudge(analysis.explained[method], threshold))
+            if (method, target) not in analysis.explained:
+                analysis.explained[(method, target)] = self.reexplain(base, method, target)
+            analysis.view = (key, self.rejudge(analysis.explained[(method, target)], threshold))
         return analysis.view[1]
 
     def rejudge(self, result: AnalysisResult, threshold: float) -> AnalysisResult:
@@ -176,19 +184,20 @@ class Workbench:
         detector = self.videos if isinstance(result, VideoResult) else self.images
         return detector.rejudge(result, threshold)
 
-    def reexplain(self, result: AnalysisResult, method: str) -> AnalysisResult:
-        """The same scores with maps from another CAM method (images: every face; videos: the most
-        suspicious frames, the only ones with heatmaps). Regions and sentences follow in ``rejudge``."""
+    def reexplain(self, result: AnalysisResult, method: str, target: str = FAKE_TARGET) -> AnalysisResult:
+        """The same scores with maps from another CAM method or target (images: every face; videos:
+        the most suspicious frames, the only ones with heatmaps). Regions and sentences follow in
+        ``rejudge``."""
         if not isinstance(result, VideoResult):
-            return dataclasses.replace(result, faces=self._with_cams(result.faces, method), cam_method=method)
+            return dataclasses.replace(result, faces=self._with_cams(result.faces, method, target), cam_method=method)
         timeline = list(result.timeline)
         for i in result.suspicious_frames:
-            timeline[i] = dataclasses.replace(timeline[i], faces=self._with_cams(timeline[i].faces, method))
+            timeline[i] = dataclasses.replace(timeline[i], faces=self._with_cams(timeline[i].faces, method, target))
         return dataclasses.replace(result, timeline=timeline, cam_method=method)
 
-    def _with_cams(self, faces: list[FaceResult], method: str) -> list[FaceResult]:
+    def _with_cams(self, faces: list[FaceResult], method: str, target: str) -> list[FaceResult]:
         faces = [dataclasses.replace(f) for f in faces]
-        self.engine.attach_cams(faces, method)
+        self.engine.attach_cams(faces, method, target)
         return faces
 
 
@@ -199,6 +208,13 @@ def _keep_what_is_shown(result: VideoResult) -> VideoResult:
     timeline = [dataclasses.replace(frame, heatmap_overlay_path=None, image=frame.image if i in shown else None)
                 for i, frame in enumerate(result.timeline)]  # fmt: skip
     return dataclasses.replace(result, timeline=timeline, heatmap_overlay_path=None, annotated_video_path=None)
+
+
+def evidence_markdown(finding: Finding) -> str:
+    """One finding as a Markdown line for a card's Evidence panel: an icon for the way it points,
+    where it comes from and how much it counts, then what was found. Text that comes from the
+    file itself (names, notes) is escaped, so it shows as written and cannot inject markup."""
+    return f"{EVIDENCE_ICONS[finding.leans]} **{markdown_literal(heading(finding))}:** {markdown_literal(finding.summary)}"
 
 
 def preview(image: np.ndarray) -> np.ndarray:
@@ -316,7 +332,8 @@ def load_evaluation(folder: Path) -> Evaluation | None:
 
 
 def metrics_table(evaluation: Evaluation) -> pd.DataFrame:
-    levels = {"image_level": "Per file", "face_level": "Per face", "pseudo_fake_level": "Real vs pseudo-fakes"}
+    levels = {"image_level": "Per file", "face_level": "Per face", "made_level": "Real crops vs made fakes",
+              "pseudo_fake_level": "Real vs pseudo-fakes"}  # fmt: skip
     rows = {label: {k: evaluation.metrics[key].get(k) for k in METRIC_COLUMNS}
             for key, label in levels.items() if isinstance(evaluation.metrics.get(key), dict)}  # fmt: skip
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(METRIC_COLUMNS))
@@ -336,6 +353,84 @@ def confusion_table(level: dict) -> pd.DataFrame | None:
     return pd.DataFrame({"Called REAL": [counts.get("tn"), counts.get("fn")],
                          "Called FAKE": [counts.get("fp"), counts.get("tp")]},
                         index=["Actually real", "Actually fake"])  # fmt: skip
+
+
+# The tables below read sections that only protocol-v2 evaluations write; each is None for an older
+# report, which the tab then shows as before. Columns are named for reading, rates rounded.
+
+
+def kinds_table(metrics: dict) -> pd.DataFrame | None:
+    """One row per kind of fake: AUC as given and with compression matched, share caught, calibration,
+    and each head's AUC (compression matched) for two-head models."""
+    kinds = metrics.get("kinds")
+    if not isinstance(kinds, dict) or not kinds:
+        return None
+    rows = {}
+    for kind, k in kinds.items():
+        rows[kind] = {"Made from real crops": k["population"] == "made", "Fakes": k["n_fake"], "Reals": k["n_real"],
+                      "AUC as given": k["as_given"]["auc"], "AUC compression matched": k["matched"]["auc"],
+                      "Caught as given": k["as_given"]["recall"], "Caught matched": k["matched"]["recall"],
+                      "ECE": k["as_given"]["ece"]}  # fmt: skip
+        rows[kind] |= {f"{head} head AUC (matched)": aucs["matched"] for head, aucs in k.get("heads", {}).items()}
+    return pd.DataFrame.from_dict(rows, orient="index").round(3)
+
+
+def ladder_table(metrics: dict) -> pd.DataFrame | None:
+    """One row per degradation step: AUC, false alarms at the threshold and the reals' mean P(fake)."""
+    ladder = metrics.get("ladder")
+    if not isinstance(ladder, dict):
+        return None
+    rows = {step: {"AUC fake folders": r["auc_files"], "AUC made fakes": r["auc_made"], "False alarms": r["fpr"],
+                   "Fakes caught": r["recall_files"], "Reals' mean P(fake)": r["real_mean"],
+                   "Change from as given": r["real_mean_change"]} for step, r in ladder["rows"].items()}  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index").round(3)
+
+
+def ladder_verdict(metrics: dict) -> str | None:
+    """The ladder's target in a sentence: do authentic faces look more fake once compressed?"""
+    ladder = metrics.get("ladder")
+    target = ladder.get("target") if isinstance(ladder, dict) else None
+    if not target or target.get("met") is None:
+        return None
+    changes = ", ".join(f"{step} {change:+.3f}" for step, change in zip(target["steps"], target["changes"]))
+    outcome = "met" if target["met"] else "not met"
+    return (f"Target {outcome}: the reals' mean fake probability may climb by at most {target['limit']:.2f} under "
+            f"compression ({changes}).")  # fmt: skip
+
+
+def authentic_tables(metrics: dict) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Faces of the authentic photos and the authentic clips, each with its score and verdict."""
+    authentic = metrics.get("authentic")
+    if not isinstance(authentic, dict):
+        return None, None
+    threshold = authentic.get("threshold", 0.5)
+    photos = videos = None
+    if authentic.get("photos"):
+        photos = pd.DataFrame([{"Photo": f["file"], "Face": f["face"], "Fake probability": f["p_fake"],
+                                "Verdict": classify(f["p_fake"], threshold), "Cut off": f["cut_off"]}
+                               for f in authentic["photos"]["faces"]],
+                              columns=["Photo", "Face", "Fake probability", "Verdict", "Cut off"]).round(3)  # fmt: skip
+    if authentic.get("videos"):
+        videos = pd.DataFrame([{"Clip": c["file"], "Frames in training": c["in_training"], "Fake probability": c["p_fake"],
+                                "Verdict": classify(c["p_fake"], threshold),
+                                "Frames flagged": f"{c['flagged_frames']} of {c['frames_with_faces']}"}
+                               for c in authentic["videos"]["clips"]],
+                              columns=["Clip", "Frames in training", "Fake probability", "Verdict", "Frames flagged"]
+                              ).round(3)  # fmt: skip
+    return photos, videos
+
+
+def loko_table(metrics: dict) -> pd.DataFrame | None:
+    """Leave-one-kind-out checkpoints on their left-out kind, beside the evaluated model (empty when none
+    were evaluated; None for older reports)."""
+    loko = metrics.get("loko")
+    if not isinstance(loko, dict):
+        return None
+    rows = {kind: {"Checkpoint": Path(m["model"]).name, "AUC without it in training": m["auc_matched"],
+                   "AUC of this model": m["main_model_auc_matched"], "Left out (recorded)": m["left_out_in_training"]}
+            for kind, m in loko.get("models", {}).items()}  # fmt: skip
+    columns = ["Checkpoint", "AUC without it in training", "AUC of this model", "Left out (recorded)"]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).round(3)
 
 
 def demote_headings(markdown: str, levels: int) -> str:

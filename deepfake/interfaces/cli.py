@@ -13,106 +13,28 @@ import logging
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from tqdm import tqdm
 
 from deepfake import DetectionEngine, ImageDeepfakeDetector, VideoDeepfakeDetector
-from deepfake.errors import DeepfakeError, ModelError
-from deepfake.exports import CsvStream, history_json, history_row
+from deepfake.errors import ModelError, TrustAnchorsError
+from deepfake.exports import CsvStream, history_json
+from deepfake.interfaces.scanning import Outcome, ScanOptions, analyse_file, find_files, scan_local
 from deepfake.loading import MODEL_ENV
-from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_media
+from deepfake.provenance.findings import Finding, heading
+from deepfake.provenance.settings import TRUST_ANCHORS_ENV, ProvenanceSettings
 
-log = logging.getLogger("deepfake.cli")
+log = logging.getLogger("deepfake.interfaces.cli")
 
 # Face detection runs outside the engine's lock, so while one thread finds faces another scores:
 # two threads scan 1.7x as fast as one on 2 cores (reports/BENCHMARKS.md).
 LOCAL_WORKERS = 2
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class ScanOptions:
-    """What every file of a scan is analysed with (also shipped to Ray workers)."""
-
-    threshold: float | None = None
-    explain: bool = False
-    heatmaps: str | None = None
-    num_frames: int = 32
-
-
-@dataclass
-class Outcome:
-    """One file's row of the export schema, and its full ``to_dict()`` unless it failed."""
-
-    index: int
-    row: dict
-    result: dict | None
-
-
-# --- analysis -----------------------------------------------------------------------------------
-
-
-def analyse_file(
-    images: ImageDeepfakeDetector, videos: VideoDeepfakeDetector, path: str, options: ScanOptions
-) -> tuple[dict, dict | None]:
-    """Analyse one file with the given image and video detectors; never raises for a bad file."""
-    kind = sha256 = ""  # known once the file is read
-    try:
-        media = read_media(path, name=path)
-        kind, sha256 = media.kind, media.sha256
-        common = {"name": media.name, "threshold": options.threshold, "explain": options.explain,
-                  "output_dir": options.heatmaps}  # fmt: skip
-        if media.kind == "image":
-            result = images.detect(media, **common)
-        else:
-            result = videos.detect(media, num_frames=options.num_frames, **common)
-    except DeepfakeError as exc:
-        return history_row(file_name=path, error=exc.message, media_type=kind, sha256=sha256), None
-    except Exception as exc:  # noqa: BLE001 - one file the engine chokes on must not end a scan of thousands
-        log.warning("unexpected failure on %s", path, exc_info=True)  # a bug, not a bad file: keep the traceback
-        error = f"unexpected error: {type(exc).__name__}: {exc}"
-        return history_row(file_name=path, error=error, media_type=kind, sha256=sha256), None
-    return result.history_row(), result.to_dict()
-
-
-def find_files(paths: list[str], recursive: bool) -> list[str]:
-    """Media files in the given folders (by extension) plus every file named explicitly, in order, once."""
-    found: list[str] = []
-    for given in paths:
-        folder = Path(given)
-        if folder.is_dir():
-            entries = folder.rglob("*") if recursive else folder.iterdir()
-            found += sorted(str(p) for p in entries
-                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)  # fmt: skip
-        else:
-            found.append(given)  # a missing or odd file is reported as a failed row, not dropped
-    return list(dict.fromkeys(found))
-
-
-def scan_local(files: list[str], engine: DetectionEngine, options: ScanOptions, workers: int) -> Iterator[Outcome]:
-    """Outcomes in input order. Threads share the engine, whose lock serialises model calls;
-    only a window of files is in flight, so memory does not grow with the collection."""
-    images, videos = ImageDeepfakeDetector(engine=engine), VideoDeepfakeDetector(engine=engine)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan")
-    pending: deque[tuple[int, Future]] = deque()
-    try:
-        for index, path in enumerate(files):
-            pending.append((index, pool.submit(analyse_file, images, videos, path, options)))
-            if len(pending) > 2 * workers:
-                done, future = pending.popleft()
-                yield Outcome(done, *future.result())
-        while pending:
-            done, future = pending.popleft()
-            yield Outcome(done, *future.result())
-    finally:
-        pool.shutdown(cancel_futures=True)  # on Ctrl-C or an error downstream, stop after the files in hand
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -133,10 +55,13 @@ def summary_table(rows: list[dict], seconds: float, workers: int, engine_name: s
     for verdict in ("REAL", "FAKE", "NO FACE", "ERROR"):
         cells = [counts[(verdict, k)] for k in labels]
         lines.append(f"{verdict:<9}" + "".join(f"{c:>8}" for c in cells) + f"{sum(cells):>8}")
-    scored = sorted((r for r in rows if r["verdict"] != "ERROR"), key=lambda r: -float(r["fake_probability"]))
+    # Files that declare themselves AI-made are FAKE whatever their score: they come first.
+    scored = sorted((r for r in rows if r["verdict"] != "ERROR"),
+                    key=lambda r: (not r.get("decided_by"), -float(r["fake_probability"])))  # fmt: skip
     if scored:
         lines += ["", "Most suspicious:"]
-        lines += [f"  {float(r['fake_probability']):.4f}  {r['verdict']:<8} {r['file_name']}" for r in scored[:top]]
+        lines += [f"  {float(r['fake_probability']):.4f}  {r['verdict']:<8} {r['file_name']}"
+                  + (f"  [decided by {r['decided_by']}]" if r.get("decided_by") else "") for r in scored[:top]]  # fmt: skip
     failed = [r for r in rows if r["verdict"] == "ERROR"]
     if failed:
         lines += ["", f"Failed ({len(failed)}):"] + [f"  {r['file_name']}: {r['error']}" for r in failed]
@@ -150,10 +75,16 @@ def _load_engine(args: argparse.Namespace) -> DetectionEngine:
     return DetectionEngine.load(args.model, device=args.device, trust_pickle=args.trust_pickle)
 
 
+def _provenance(args: argparse.Namespace) -> ProvenanceSettings:
+    return ProvenanceSettings.load(args.trust_anchors, include_location=args.include_location)
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
+    provenance = _provenance(args)  # a bad trust-anchors file fails before the model loads
     engine = _load_engine(args)
-    images, videos = ImageDeepfakeDetector(engine=engine), VideoDeepfakeDetector(engine=engine)  # folder: per call
-    options = ScanOptions(args.threshold, not args.no_explain, args.heatmaps, args.num_frames)
+    images = ImageDeepfakeDetector(engine=engine, provenance=provenance)  # output folder: per call
+    videos = VideoDeepfakeDetector(engine=engine, provenance=provenance)
+    options = ScanOptions(args.threshold, not args.no_explain, args.heatmaps, args.num_frames, provenance)
     row, result = analyse_file(images, videos, args.file, options)
     if result is None:
         print(f"error: {row['error']}", file=sys.stderr)
@@ -172,6 +103,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
             print(line)
     if args.heatmaps and result.get("heatmap_overlay_path"):
         print(f"heatmap: {result['heatmap_overlay_path']}")
+    print("\nEvidence" + (f" (the verdict was decided by {result['decided_by']}):" if result["decided_by"] else ":"))
+    for finding in (Finding(**f) for f in result["evidence"]):
+        print(f"  - {heading(finding)}: {finding.summary}")
     return EXIT_OK
 
 
@@ -182,11 +116,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print("error: no images or videos found" + ("" if args.recursive else " (subfolders need --recursive)"),
               file=sys.stderr)  # fmt: skip
         return EXIT_UNUSABLE
-    options = ScanOptions(args.threshold, bool(args.heatmaps), args.heatmaps, args.num_frames)
+    options = ScanOptions(args.threshold, bool(args.heatmaps), args.heatmaps, args.num_frames, _provenance(args))
     with ExitStack() as stack:
         csv_stream = CsvStream(stack.enter_context(open(args.csv, "w", newline=""))) if args.csv else None
         if args.engine == "ray":
-            from deepfake.scale import RayScan  # Ray is imported only when asked for
+            from deepfake.interfaces.scale import RayScan  # Ray is imported only when asked for
 
             ray_scan = stack.enter_context(RayScan(args.model, options, workers=args.workers, address=args.address,
                                                    device=args.device, trust_pickle=args.trust_pickle))  # fmt: skip
@@ -224,7 +158,8 @@ def collect(outcomes: Iterator[Outcome], total: int, csv_stream: CsvStream | Non
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deepfake.api import ApiSettings, load_key_hashes, serve
+    from deepfake.interfaces.api import ApiSettings, load_key_hashes, serve
+    from deepfake.interfaces.jobs import default_data_dir
 
     try:
         settings = ApiSettings(
@@ -235,9 +170,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             image_timeout_s=args.image_timeout,
             video_timeout_s=args.video_timeout,
             result_ttl_s=args.result_ttl,
+            max_store_bytes=int(args.max_store_mb * 2**20),
             workers=args.workers,
+            queue_size=args.queue_size,
+            key_queue=args.key_queue,
+            data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(),
+            provenance=_provenance(args),
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TrustAnchorsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -247,9 +187,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> NoReturn:
     """Replace this process with Streamlit (so it receives signals directly, e.g. as a container's PID 1)."""
-    app = Path(__file__).resolve().parent.parent / "app.py"
+    app = Path(__file__).resolve().parents[2] / "app.py"
     if args.model:
         os.environ[MODEL_ENV] = str(Path(args.model).resolve())
+    if args.trust_anchors:
+        ProvenanceSettings.load(args.trust_anchors)  # checked here: a bad file fails now, not in the browser
+        os.environ[TRUST_ANCHORS_ENV] = str(Path(args.trust_anchors).resolve())
     os.chdir(app.parent)  # Streamlit reads .streamlit/config.toml (upload limit, no file watcher) from here
     os.execv(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
                               "--server.address", args.host, "--server.port", str(args.port)])  # fmt: skip
@@ -281,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"checkpoint (default: ${MODEL_ENV}, else models/image_model.pth)")  # fmt: skip
     model.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     model.add_argument("--trust-pickle", action="store_true", help="allow a pickled model (runs code from the file)")
+    evidence = argparse.ArgumentParser(add_help=False)
+    evidence.add_argument("--trust-anchors", metavar="PEM", default=os.environ.get(TRUST_ANCHORS_ENV),
+                          help="certificates of the content-credential (C2PA) signers you trust (default: "
+                               f"${TRUST_ANCHORS_ENV}); without them a valid signature is reported as 'signer not "
+                               "in your trust list'")  # fmt: skip
+    location = argparse.ArgumentParser(add_help=False)
+    location.add_argument("--include-location", action="store_true",
+                          help="keep GPS coordinates found in files in the output (default: only say that a "
+                               "location is present; coordinates can locate a source)")  # fmt: skip
     analysis = argparse.ArgumentParser(add_help=False)
     analysis.add_argument("--threshold", type=_probability, help="FAKE at or above this (default: the model's)")
     analysis.add_argument("--num-frames", type=_positive(int), default=32, help="frames sampled per video")
@@ -289,13 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deepfake", description="Deepfake detection workbench.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    detect = commands.add_parser("detect", parents=[model, analysis], help="analyse one image or video")
+    detect = commands.add_parser("detect", parents=[model, analysis, evidence, location],
+                                 help="analyse one image or video")  # fmt: skip
     detect.add_argument("file")
     detect.add_argument("--json", action="store_true", help="print the full result as JSON")
     detect.add_argument("--no-explain", action="store_true", help="skip Grad-CAM (faster)")
     detect.set_defaults(run=cmd_detect)
 
-    scan = commands.add_parser("scan", parents=[model, analysis], help="analyse many files; CSV/JSON report",
+    scan = commands.add_parser("scan", parents=[model, analysis, evidence, location],
+                               help="analyse many files; CSV/JSON report",
                                description="Grad-CAM is computed only with --heatmaps.")  # fmt: skip
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files and folders")
     scan.add_argument("--recursive", "-r", action="store_true", help="descend into subfolders")
@@ -310,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     scan.set_defaults(run=cmd_scan)
 
-    serve = commands.add_parser("serve", parents=[model], help="start the REST API (uvicorn)")
+    serve = commands.add_parser("serve", parents=[model, evidence, location], help="start the REST API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--keys-file", help="API keys, one a line (plain or sha256:<hex>); also $DEEPFAKE_API_KEYS")
@@ -319,11 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=_positive(float), default=200.0)
     serve.add_argument("--image-timeout", type=_positive(float), default=60.0, help="seconds")
     serve.add_argument("--video-timeout", type=_positive(float), default=300.0, help="seconds")
-    serve.add_argument("--result-ttl", type=_positive(float), default=3600.0, help="seconds a heatmap stays fetchable")
+    serve.add_argument("--result-ttl", type=_positive(float), default=3600.0, help="seconds a result stays fetchable")
+    serve.add_argument("--max-store-mb", type=_positive(float), default=2048.0,
+                       help="disk kept for finished results' heatmaps; the oldest go first")  # fmt: skip
     serve.add_argument("--workers", type=_positive(int), default=4, help="analyses at once (others wait)")
+    serve.add_argument("--queue-size", type=_positive(int), default=32,
+                       help="jobs waiting or running on the server; past it: 503 with Retry-After")  # fmt: skip
+    serve.add_argument("--key-queue", type=_positive(int), default=8, help="the same, for one API key")
+    serve.add_argument("--data-dir", metavar="DIR",
+                       help="jobs and results (SQLite + files), kept across restarts "
+                            "(default: deepfake-workbench/api in the user's data folder)")  # fmt: skip
     serve.set_defaults(run=cmd_serve)
 
-    dashboard = commands.add_parser("dashboard", parents=[model], help="start the Streamlit dashboard")
+    dashboard = commands.add_parser("dashboard", parents=[model, evidence], help="start the Streamlit dashboard")
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8501)
     dashboard.set_defaults(run=cmd_dashboard)
@@ -338,18 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
-        from deepfake.train import main as train
+        from deepfake.training.train import main as train
 
         train(argv[1:])
         return EXIT_OK
     if argv[:1] == ["evaluate"]:
-        from deepfake.evaluate import main as evaluate
+        from deepfake.evaluation.evaluate import main as evaluate
 
         evaluate(argv[1:])
         return EXIT_OK
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ModelError as exc:
+    except (ModelError, TrustAnchorsError) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -7,7 +7,9 @@ frame. Making such blends from real photos teaches the model the traces blending
 
 A third kind, *resynthesis*, imitates what a generator leaves on a whole face: skin texture
 smoothed away while edges stay sharp, and the periodic traces of learned upsampling
-(after Zhang et al., "Detecting and Simulating Artifacts in GAN Fake Images", 2019).
+(after Zhang et al., "Detecting and Simulating Artifacts in GAN Fake Images", 2019). A fourth,
+*decoder blend*, pastes the face as a real latent-diffusion decoder renders it (the crop's TAEF2
+reconstruction, see ``taef2.py``), as face-swap and inpainting tools paste a generated face.
 
 Every generator returns ``(image, mask)``: pixels change only where ``mask > 0``.
 """
@@ -26,7 +28,7 @@ PARTS = ("face", "face", "face", "eyes", "nose", "mouth", "lower")  # whole-face
 class PseudoFake:
     image: np.ndarray  # uint8 RGB, same shape as the input
     mask: np.ndarray  # float32 blend weight in [0, 1]
-    kind: str  # "self_blend" | "part_swap"
+    kind: str  # "self_blend" | "part_swap" | "resynthesis" | "decoder_blend"
     part: str
 
 
@@ -195,7 +197,12 @@ def _upsample_like_a_decoder(image: np.ndarray, rng: np.random.Generator) -> np.
 
 
 def resynthesize(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> PseudoFake:
-    """The face (or the whole crop) re-rendered: edge-preserving smoothing and decoder upsampling."""
+    """The face re-rendered: edge-preserving smoothing and decoder upsampling, inside a face mask.
+
+    Only the face: a whole crop smoothed evenly has no boundary and no inside/outside contrast,
+    so its only trace is global smoothing, which the shared degradation (blur, downscaling,
+    compression) gives real crops too: such fakes would teach the model "smooth means fake".
+    """
     out = image.astype(np.float32)
     smooth = rng.random() < 0.8
     if smooth:
@@ -204,20 +211,40 @@ def resynthesize(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Genera
     if rng.random() < 0.6 or not smooth:
         out = _upsample_like_a_decoder(out, rng)
     out = np.clip(out, 0, 255)
-    if rng.random() < 0.35:
-        mask = np.ones(image.shape[:2], np.float32)  # fully generated images have no boundary
-        part = "all"
-    else:
-        part = "face"
-        hard = region_mask(image.shape[:2], landmarks, part, rng)
-        mask = soften(hard, rng, _geometry(landmarks)[3])
-        mask = np.maximum(mask, hard * np.float32(0.9))  # mostly full strength: the whole face is rendered
-    return PseudoFake(_blend(image, out, mask), mask, "resynthesis", part)
+    hard = region_mask(image.shape[:2], landmarks, "face", rng)
+    mask = soften(hard, rng, _geometry(landmarks)[3])
+    mask = np.maximum(mask, hard * np.float32(0.9))  # mostly full strength: the whole face is rendered
+    return PseudoFake(_blend(image, out, mask), mask, "resynthesis", "face")
+
+
+def decoder_blend(
+    image: np.ndarray,
+    reconstruction: np.ndarray,
+    landmarks: np.ndarray,
+    rng: np.random.Generator,
+    part: str | None = None,
+) -> PseudoFake:
+    """Paste a face region of the crop's decoder reconstruction (same size) with a soft, deformed mask.
+
+    The reconstruction is used as it is: it is aligned and colour-true already, so the pasted
+    region differs from its surroundings only by the decoder's rendering (texture, upsampling,
+    latent quantisation) and the blend boundary. Misalignment and colour mismatch are
+    ``self_blend``'s and ``part_swap``'s lessons.
+    """
+    if reconstruction.shape != image.shape or reconstruction.dtype != np.uint8:
+        raise ValueError(f"reconstruction {reconstruction.dtype} {reconstruction.shape} does not match {image.shape}")
+    part = part or str(rng.choice(PARTS))
+    mask = soften(region_mask(image.shape[:2], landmarks, part, rng), rng, _geometry(landmarks)[3])
+    return PseudoFake(_blend(image, reconstruction.astype(np.float32), mask), mask, "decoder_blend", part)
 
 
 def make_pseudo_fake(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-                     donor: tuple[np.ndarray, np.ndarray] | None = None) -> PseudoFake:  # fmt: skip
-    """One pseudo-fake of a random kind: self-blend, part swap (needs a donor face) or resynthesis."""
+                     donor: tuple[np.ndarray, np.ndarray] | None = None,
+                     reconstruction: np.ndarray | None = None) -> PseudoFake:  # fmt: skip
+    """One pseudo-fake of a random kind: decoder blend (needs the crop's reconstruction, 30%),
+    else self-blend, part swap (needs a donor face) or resynthesis."""
+    if reconstruction is not None and rng.random() < 0.3:
+        return decoder_blend(image, reconstruction, landmarks, rng)
     choice = rng.random()
     if choice < 0.3:
         return resynthesize(image, landmarks, rng)

@@ -1,8 +1,11 @@
 """Training data: folder layout, identity-aware splits and the face-crop cache.
 
-Layout: ``<root>/real/<source>/**`` and ``<root>/fake/<source>/**``. Every image goes through the
-engine's face detector and cropper once; crops (with a wider margin than inference, so training
-can jitter the framing) and their landmarks are cached as a memory-mapped array.
+Layout: ``<root>/real/<source>/**`` and ``<root>/fake/<source>/**``, plus, optionally, a folder of
+authentic videos whose sampled frames are real faces too (source ``video``, identity = the clip).
+Every image goes through the engine's face detector and cropper once; crops (with a wider margin
+than inference, so training can jitter the framing) and their landmarks are cached as a
+memory-mapped array. TAEF2 reconstructions of a share of the real crops are cached beside them
+(``add_reconstructions``): slow to make (about a second a crop on 2 cores), used for many samples.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from deepfake.errors import DeepfakeError
-from deepfake.faces import Face, FaceDetector, crop_face
+from deepfake.faces import Face, crop_face, face_detector
 from deepfake.media import IMAGE_EXTENSIONS, load_image
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,8 @@ log = logging.getLogger(__name__)
 CACHE_MARGIN = 1.6
 CACHE_SIZE = 288
 LABELS = {"real": 0, "fake": 1}
+VIDEO_SOURCE = "video"
+FRAME_SEP = "#frame="  # a record's path for a video frame: <clip path>#frame=<index>
 UTK_RACES = {"0": "white", "1": "black", "2": "asian", "3": "indian", "4": "other"}
 GENDERS = {"0": "male", "1": "female"}
 
@@ -69,6 +75,26 @@ def scan(root: str | Path) -> list[Record]:
     if not records:
         raise FileNotFoundError(f"No images under {root}/real or {root}/fake.")
     return records
+
+
+def scan_videos(folder: str | Path, every: int) -> list[Record]:
+    """Every ``every``-th frame of each clip in ``folder``, as real faces (one identity per clip)."""
+    records = []
+    for clip in sorted(Path(folder).glob("*.mp4")):
+        with av.open(str(clip)) as container:
+            frames = container.streams.video[0].frames or sum(1 for _ in container.decode(video=0))
+        records += [Record(f"{clip}{FRAME_SEP}{i}", 0, VIDEO_SOURCE, f"real/{VIDEO_SOURCE}/{clip.stem}")
+                    for i in range(0, frames, every)]  # fmt: skip
+    return records
+
+
+def _video_frames(path: str, wanted: set[int]) -> dict[int, np.ndarray]:
+    frames = {}
+    with av.open(path) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+    return frames
 
 
 def _dhash(image: np.ndarray) -> str:
@@ -121,13 +147,18 @@ class CropCache:
     is_val: np.ndarray
     face_found: np.ndarray
     failed: list[dict]  # unreadable files: path and reason
+    # TAEF2 reconstructions of some real crops: row k of ``reconstructions`` belongs to crop
+    # ``reconstructed[k]``; only the first ``reconstructions_done`` rows are made yet.
+    reconstructions: np.ndarray | None = None
+    reconstructed: np.ndarray | None = None
+    reconstructions_done: int = 0
 
     @classmethod
     def open(cls, folder: str | Path) -> CropCache:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
         arrays = np.load(folder / "arrays.npz")
-        return cls(
+        cache = cls(
             crops=np.load(folder / "crops.npy", mmap_mode="r"),
             landmarks=arrays["landmarks"],
             records=[Record(**r) for r in meta["records"]],
@@ -135,6 +166,53 @@ class CropCache:
             face_found=arrays["face_found"],
             failed=meta["failed"],
         )
+        progress = folder / "reconstructions.json"
+        if progress.exists():
+            cache.reconstructions = np.load(folder / "reconstructions.npy", mmap_mode="r")
+            cache.reconstructed = np.load(folder / "reconstructed.npy")
+            cache.reconstructions_done = json.loads(progress.read_text())["done"]
+        return cache
+
+    def reconstruction_of(self) -> dict[int, int]:
+        """Crop index -> row of its finished reconstruction."""
+        if self.reconstructed is None:
+            return {}
+        return {int(i): k for k, i in enumerate(self.reconstructed[: self.reconstructions_done])}
+
+
+def add_reconstructions(folder: str | Path, taef2_folder: str | Path, per_source: int, seed: int = 0,
+                        batch: int = 4) -> CropCache:  # fmt: skip
+    """Round-trip ``per_source`` real crops of each real source (training and validation alike,
+    in proportion) through TAEF2, resumably: the chosen crops and a progress count are on disk,
+    so an interrupted run continues where it stopped."""
+    from deepfake.training.taef2 import load_taef2
+
+    folder = Path(folder)
+    cache = CropCache.open(folder)
+    if cache.reconstructed is None:
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for source in sorted({r.source for r in cache.records if r.label == 0}):
+            pool = [i for i, r in enumerate(cache.records) if r.source == source and cache.face_found[i]]
+            chosen += [pool[k] for k in rng.permutation(len(pool))[:per_source]]
+        np.save(folder / "reconstructed.npy", np.array(chosen, np.int64))
+        np.lib.format.open_memmap(folder / "reconstructions.npy", mode="w+", dtype=np.uint8,
+                                  shape=(len(chosen), *cache.crops.shape[1:])).flush()  # fmt: skip
+        (folder / "reconstructions.json").write_text(json.dumps({"done": 0}))
+        cache = CropCache.open(folder)
+    assert cache.reconstructed is not None
+    rows = np.load(folder / "reconstructions.npy", mmap_mode="r+")
+    model = load_taef2(taef2_folder)
+    done = cache.reconstructions_done
+    with tqdm(total=len(cache.reconstructed), initial=done, desc="TAEF2 reconstructions", unit="crop") as bar:
+        while done < len(cache.reconstructed):
+            ids = cache.reconstructed[done : done + batch]
+            rows[done : done + len(ids)] = model.roundtrip(np.stack([cache.crops[i] for i in ids]))
+            rows.flush()
+            done += len(ids)
+            (folder / "reconstructions.json").write_text(json.dumps({"done": done}))
+            bar.update(len(ids))
+    return CropCache.open(folder)
 
 
 def build_cache(
@@ -143,16 +221,18 @@ def build_cache(
     *,
     val_fraction: float = 0.1,
     seed: int = 0,
-    device: str = "cpu",
     batch: int = 32,
+    videos: str | Path | None = None,
+    frame_every: int = 8,
 ) -> CropCache:
-    """Detect, crop and cache every image once; resumable file by file is not needed (minutes)."""
+    """Detect, crop and cache every image once; resumable file by file is not needed (minutes).
+    Clips in ``videos`` are split whole: every third clip (sorted by name) goes to validation."""
     folder = Path(folder)
     if (folder / "meta.json").exists():
         return CropCache.open(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    records = scan(root)
-    detector = FaceDetector(device=device)
+    records = scan(root) + (scan_videos(videos, frame_every) if videos else [])
+    detector = face_detector()
     tmp = folder / "crops.npy.part"
     crops = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), CACHE_SIZE, CACHE_SIZE, 3))
     landmarks = np.zeros((len(records), 5, 2), np.float32)
@@ -179,9 +259,17 @@ def build_cache(
                 hashes[i] = _dhash(crop.pixels)
         pending.clear()
 
+    clip_frames: dict[str, dict[int, np.ndarray]] = {}
     for i, record in enumerate(tqdm(records, desc="Detecting and cropping faces", unit="img")):
         try:
-            pending.append((i, load_image(record.path)))
+            if FRAME_SEP in record.path:
+                clip, index = record.path.split(FRAME_SEP)
+                if clip not in clip_frames:  # one decode per clip, only its sampled frames kept
+                    wanted = {int(r.path.split(FRAME_SEP)[1]) for r in records if r.path.startswith(clip + FRAME_SEP)}
+                    clip_frames = {clip: _video_frames(clip, wanted)}
+                pending.append((i, clip_frames[clip][int(index)]))
+            else:
+                pending.append((i, load_image(record.path)))
         except DeepfakeError as exc:
             failed.append({"path": record.path, "reason": exc.message})
             keep[i] = False
@@ -192,11 +280,16 @@ def build_cache(
     tmp.replace(folder / "crops.npy")
     hashes = [h or f"missing:{i}" for i, h in enumerate(hashes)]
     is_val = assign_splits(records, hashes, val_fraction, seed)
+    clips = sorted({r.identity for r in records if r.source == VIDEO_SOURCE})
+    for i, record in enumerate(records):
+        if record.source == VIDEO_SOURCE:
+            is_val[i] = clips.index(record.identity) % 3 == 2
     is_val[~keep] = False
     np.savez(folder / "arrays.npz", landmarks=landmarks, is_val=is_val, face_found=face_found & keep)
     (folder / "meta.json").write_text(json.dumps({
         "root": str(root), "margin": CACHE_MARGIN, "size": CACHE_SIZE, "seed": seed,
-        "val_fraction": val_fraction, "records": [asdict(r) for r in records], "failed": failed,
+        "val_fraction": val_fraction, "videos": str(videos) if videos else None, "frame_every": frame_every,
+        "records": [asdict(r) for r in records], "failed": failed,
     }))  # fmt: skip
     log.info("cached %d crops, %d without a face, %d unreadable", len(records), int((~face_found).sum()), len(failed))
     return CropCache.open(folder)
@@ -210,8 +303,15 @@ if __name__ == "__main__":
     parser.add_argument("--cache", required=True)
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--videos", help="folder of authentic clips whose frames are added as real faces")
+    parser.add_argument("--frame-every", type=int, default=8)
+    parser.add_argument("--taef2", help="TAEF2 weights folder: add reconstructions of real crops")
+    parser.add_argument("--reconstructions-per-source", type=int, default=150)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    cache = build_cache(args.data, args.cache, val_fraction=args.val_fraction, seed=args.seed)
+    cache = build_cache(args.data, args.cache, val_fraction=args.val_fraction, seed=args.seed, videos=args.videos,
+                        frame_every=args.frame_every)  # fmt: skip
+    if args.taef2:
+        cache = add_reconstructions(args.cache, args.taef2, args.reconstructions_per_source, args.seed)
     print(f"{len(cache.records)} images, {int(cache.is_val.sum())} in validation, "
           f"{int((~cache.face_found).sum())} without a face, {len(cache.failed)} unreadable")

@@ -1,0 +1,1 @@
+"""Evaluation of a trained model through the product's own engine, and its metrics."""

@@ -1,0 +1,195 @@
+"""One degradation chain shared by a real crop and the pseudo-fake made from it.
+
+Real media reaches the detector resized, blurred, noisy and compressed, by JPEG and by video
+codecs. If the two classes were degraded independently, or the manipulation were applied after
+the degradation, the model could tell them apart by a difference in degradation (a sharp pasted
+face in a blurred frame) instead of by the manipulation. So the trainer draws one
+:class:`Degradation` per pair (``sample_degradation``) and applies it, after the manipulation, to
+both members with the same noise seed (``apply_degradation``): the two then differ only by what the
+manipulation changed, carried through identical operators.
+
+Order, as in a camera-to-platform pipeline: tone (camera/editing), optical blur, sensor noise,
+downscale-upscale (a small face in the frame, blown up to the crop size), H.264 (a video
+platform), JPEG (a photo or a screenshot re-saved). Each step is optional; a :class:`Degradation`
+with its defaults changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+
+from deepfake.training.augment import jpeg_roundtrip
+
+INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """How often each step is applied (probabilities) and over which ranges; for the trainer to tune."""
+
+    tone: float = 0.3
+    blur: float = 0.2
+    blur_sigma: tuple[float, float] = (0.4, 1.5)
+    noise: float = 0.2
+    noise_sigma: tuple[float, float] = (2.0, 8.0)
+    resize: float = 0.5
+    resize_scale: tuple[float, float] = (0.3, 0.9)  # of the crop side
+    h264: float = 0.3
+    h264_crf: tuple[int, int] = (23, 40)  # inclusive: platform ladders' high to low renditions
+    # Live and short-form encoders run fast presets, VOD ladders slower ones; both are drawn.
+    h264_presets: tuple[str, ...] = ("veryfast", "medium")
+    jpeg_heavy: float = 0.45
+    jpeg_heavy_quality: tuple[int, int] = (20, 60)  # inclusive: messaging apps, re-shared screenshots
+    jpeg_light: float = 0.35  # the remaining share (0.2 by default) is saved without JPEG
+    jpeg_light_quality: tuple[int, int] = (61, 95)
+
+    def __post_init__(self) -> None:
+        for name in ("tone", "blur", "noise", "resize", "h264", "jpeg_heavy", "jpeg_light"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
+        if self.jpeg_heavy + self.jpeg_light > 1.0:
+            raise ValueError("jpeg_heavy + jpeg_light must not exceed 1")
+        if not 1 <= self.jpeg_heavy_quality[0] <= self.jpeg_heavy_quality[1] <= 100:
+            raise ValueError(f"bad JPEG quality range {self.jpeg_heavy_quality}")
+        if not 1 <= self.jpeg_light_quality[0] <= self.jpeg_light_quality[1] <= 100:
+            raise ValueError(f"bad JPEG quality range {self.jpeg_light_quality}")
+        if not 0 <= self.h264_crf[0] <= self.h264_crf[1] <= 51:
+            raise ValueError(f"bad CRF range {self.h264_crf}")
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """The parameters of one draw of the chain; the defaults are the identity."""
+
+    gamma: float = 1.0
+    contrast: float = 1.0
+    brightness: float = 0.0
+    saturation: float = 1.0
+    blur_sigma: float = 0.0
+    noise_sigma: float = 0.0
+    resize_scale: float = 1.0
+    resize_down: str = "area"
+    resize_up: str = "linear"
+    h264_crf: int | None = None
+    h264_preset: str = "medium"
+    h264_motion: tuple[float, float] = (0.0, 0.0)  # px, the previous frame's offset
+    jpeg_quality: int | None = None
+
+
+def sample_degradation(rng: np.random.Generator, config: DegradationConfig | None = None) -> Degradation:
+    """Draw once per (real, pseudo-fake) pair and apply the result to both."""
+    config = config or DegradationConfig()
+    params: dict = {}
+    if rng.random() < config.tone:
+        params |= {
+            "gamma": float(rng.uniform(0.8, 1.25)),
+            "contrast": float(rng.uniform(0.8, 1.2)),
+            "brightness": float(rng.uniform(-15, 15)),
+            "saturation": float(rng.uniform(0.7, 1.3)),
+        }
+    if rng.random() < config.blur:
+        params["blur_sigma"] = float(rng.uniform(*config.blur_sigma))
+    if rng.random() < config.noise:
+        params["noise_sigma"] = float(rng.uniform(*config.noise_sigma))
+    if rng.random() < config.resize:
+        params["resize_scale"] = float(rng.uniform(*config.resize_scale))
+        params["resize_down"] = str(rng.choice(["area", "linear"]))
+        params["resize_up"] = str(rng.choice(["linear", "cubic"]))
+    if rng.random() < config.h264:
+        params["h264_crf"] = int(rng.integers(config.h264_crf[0], config.h264_crf[1] + 1))
+        params["h264_preset"] = str(rng.choice(config.h264_presets))
+        params["h264_motion"] = tuple(float(v) for v in rng.uniform(-1.5, 1.5, 2))
+    jpeg = rng.random()
+    if jpeg < config.jpeg_heavy:
+        params["jpeg_quality"] = int(rng.integers(config.jpeg_heavy_quality[0], config.jpeg_heavy_quality[1] + 1))
+    elif jpeg < config.jpeg_heavy + config.jpeg_light:
+        params["jpeg_quality"] = int(rng.integers(config.jpeg_light_quality[0], config.jpeg_light_quality[1] + 1))
+    return Degradation(**params)
+
+
+def apply_degradation(image: np.ndarray, params: Degradation, noise_seed: int) -> np.ndarray:
+    """uint8 RGB ``image`` through the chain; deterministic given ``params`` and ``noise_seed``.
+
+    Give both members of a pair the same ``noise_seed`` as well: identical noise is the most
+    conservative choice, since then not even the noise field differs between them.
+    """
+    out = _pixel_steps(image, params, noise_seed)
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)  # rounds, so the identity is exact
+    if params.h264_crf is not None:
+        out = h264_roundtrip(out, params.h264_crf, params.h264_preset, params.h264_motion)
+    if params.jpeg_quality is not None:
+        out = jpeg_roundtrip(out, params.jpeg_quality)
+    return out
+
+
+def _pixel_steps(image: np.ndarray, params: Degradation, noise_seed: int) -> np.ndarray:
+    """Tone, blur, noise and resampling, in float32 (rounded once, by the caller)."""
+    if (params.gamma, params.contrast, params.brightness, params.saturation) == (1.0, 1.0, 0.0, 1.0):
+        out = image.astype(np.float32)
+    else:
+        # Gamma, contrast and brightness act on each value alone: one 256-entry table, 10x
+        # faster than the power function per pixel.
+        levels = np.arange(256, dtype=np.float32) / 255
+        out = ((255 * levels**params.gamma - 128) * params.contrast + 128 + params.brightness)[image]
+        # Saturation: each channel pulled towards (or pushed from) the pixel's grey, as one 3x3 matrix.
+        s = params.saturation
+        out = cv2.transform(out, np.full((3, 3), (1 - s) / 3, np.float32) + np.eye(3, dtype=np.float32) * s)
+    if params.blur_sigma > 0:
+        out = cv2.GaussianBlur(out, (0, 0), params.blur_sigma)
+    if params.noise_sigma > 0:
+        noise = np.random.default_rng(noise_seed).standard_normal(out.shape, dtype=np.float32)
+        out = out + noise * np.float32(params.noise_sigma)
+    if params.resize_scale < 1.0:
+        h, w = out.shape[:2]
+        small = (max(2, round(w * params.resize_scale)), max(2, round(h * params.resize_scale)))
+        out = cv2.resize(out, small, interpolation=INTERPOLATIONS[params.resize_down])
+        out = cv2.resize(out, (w, h), interpolation=INTERPOLATIONS[params.resize_up])
+    return out
+
+
+def h264_roundtrip(
+    image: np.ndarray, crf: int, preset: str = "medium", motion: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
+    """The RGB image as a P-frame of an H.264 clip (libx264, yuv420p) encoded at ``crf``, decoded.
+
+    Most frames a detector sees in a video are P-frames, predicted from the previous frame and
+    coded as a residual, so they carry other traces than a still-image (I-frame) encoding. The
+    clip is two frames: the image shifted by ``motion`` (sub-pixel, like a steady shot's drift),
+    then the image itself, which is the one kept. B-frames and lookahead are off: for two
+    frames they only add latency. CABAC and the deblocking filter stay on, as on every platform
+    (which is why neither ``preset=ultrafast`` nor ``tune=fastdecode`` is used: both turn the
+    deblocking filter off). One thread: small frames encode faster than threads start.
+    """
+    h, w = image.shape[:2]
+    # yuv420p needs even sides: replicate an edge row/column, cropped off after decoding.
+    padded = cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE) if h % 2 or w % 2 else image
+    ph, pw = padded.shape[:2]
+    shift = np.float32([[1, 0, motion[0]], [0, 1, motion[1]]])
+    previous = cv2.warpAffine(padded, shift, (pw, ph), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = pw, ph, "yuv420p"
+    encoder.time_base, encoder.framerate = Fraction(1, 25), Fraction(25)
+    encoder.thread_count = 1
+    encoder.options = {
+        "crf": str(crf),
+        "preset": preset,
+        # scenecut=0 keeps the second frame a P-frame whatever the content.
+        "x264-params": "keyint=250:scenecut=0:bframes=0:rc-lookahead=0:threads=1",
+    }
+    packets = []
+    for pts, frame in enumerate((previous, padded)):
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p")
+        video_frame.pts = pts
+        packets += encoder.encode(video_frame)
+    packets += encoder.encode(None)
+
+    decoder = av.CodecContext.create("h264", "r")
+    decoder.thread_count = 1
+    frames = [frame for packet in packets for frame in decoder.decode(packet)] + list(decoder.decode(None))
+    return np.ascontiguousarray(frames[-1].to_ndarray(format="rgb24")[:h, :w])

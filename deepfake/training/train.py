@@ -1,0 +1,538 @@
+"""Train a detector: ``python -m deepfake.train --data ../shared/data/faces --out models/image_model.pth``.
+
+Version 2 recipe. One network, two heads: *blending* (a face region pasted, swapped or edited into
+a real photo: self-blends, part swaps, TAEF2-rendered regions blended in) and *generation* (the
+whole face synthesised: the fake folders, and whole crops round-tripped through TAEF2).
+
+Samples come in pairs, SBI-style: a real crop and a fake (made from that very crop where the kind
+allows) share one batch and pass through one degradation chain with identical parameters (framing
+jitter, flips, colour, resizing, blur, noise, JPEG, H.264), applied after the manipulation. So no
+degradation can tell the classes apart; only the manipulation can.
+
+Faces are detected and cropped once into a cache; training runs for ``--total-samples`` in
+``--epoch-size`` chunks. Each chunk ends with a validation on identity-disjoint faces, a resumable
+state (``<out>.state.pt``) and, when the selection score improves, a calibrated checkpoint at
+``--out``. ``--init CHECKPOINT --total-samples 0`` only recalibrates a trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from deepfake.engine import select_device
+from deepfake.evaluation.metrics import expected_calibration_error, fit_temperature, roc_auc
+from deepfake.faces import limit_detail
+from deepfake.loading import DEFAULT_THRESHOLD, load_model, save_checkpoint
+from deepfake.model import ModelConfig, create_model, head_logits
+from deepfake.training.augment import frame_crop, jpeg_roundtrip, paired_look
+from deepfake.training.data import CropCache, add_reconstructions, build_cache
+from deepfake.training.degradation import Degradation, apply_degradation, h264_roundtrip, sample_degradation
+from deepfake.training.pseudofakes import decoder_blend, part_swap, resynthesize, self_blend
+
+log = logging.getLogger("deepfake.training.train")
+
+HEADS = ("blending", "generation")
+BLENDING_KINDS = ("self_blend", "part_swap", "resynthesis", "decoder_blend")
+MADE_GENERATION_KINDS = ("taef2",)  # whole crops round-tripped through TAEF2
+# Share of pairs per kind of fake. Fake-folder kinds are named "fake:<folder>"; a kind that is left
+# out or has no data gets no share (the others are renormalised).
+MIXTURE = {"self_blend": 0.20, "part_swap": 0.10, "resynthesis": 0.05, "decoder_blend": 0.12, "taef2": 0.13,
+           "fake:gan": 0.13, "fake:stylegan_ffhq": 0.13, "fake:sd21": 0.14}  # fmt: skip
+# Fake folders whose pictures were made to match one real source: their partner reals come from it.
+MATCHED_REALS = {"fake:stylegan_ffhq": "ffhq"}
+IGNORE = -1.0  # a head's target that the sample says nothing about
+# When a pair is degraded this heavily, the manipulation's traces are often gone and the pair
+# cannot be told apart; with equal weights the model then answers 0.5 for both, so authentic
+# compressed media climbs towards the threshold (what made v1 flag news clips). The fake of such a
+# pair weighs less, so that where no evidence survives, the answer leans REAL (optimum w/(1+w)).
+HEAVY_FAKE_WEIGHT = 0.35
+
+
+def is_heavy(params: Degradation) -> bool:
+    return ((params.h264_crf is not None and params.h264_crf >= 32)
+            or (params.jpeg_quality is not None and params.jpeg_quality <= 40) or params.resize_scale <= 0.45)  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    cache: str = ".cache/faces-v2"
+    videos: str | None = None  # folder of authentic clips: their frames are real faces too
+    taef2: str | None = None  # TAEF2 weights folder: decoder-trace fakes
+    reconstructions_per_source: int = 150
+    arch: str = "efficientnet_lite0"
+    input_size: int = 224
+    face_margin: float = 1.3
+    detail_size: int | None = None
+    total_samples: int = 150_000
+    epoch_size: int = 10_000  # samples between validations and checkpoints
+    batch_size: int = 32  # samples, i.e. half as many pairs
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    leave_out: list[str] = field(default_factory=list)  # fake kinds never trained on (e.g. fake:sd21, taef2)
+    init: str | None = None  # start from this checkpoint instead of ImageNet
+    val_fraction: float = 0.1
+    val_per_kind: int = 200
+    workers: int = 1
+    device: str | None = None
+    bf16: bool = True  # bfloat16 autocast on CPUs that have it: about twice as fast, same accuracy
+    max_steps: int | None = None  # stop early (tests)
+    version: str = "2.0.0"
+    flip_average: bool = True
+    # Base rate the FAKE probability is calibrated for: one fake in four faces checked. With
+    # balanced classes, a weakly separated kind puts reals near 0.5 and many over 0.6; a screening
+    # prior makes a FAKE verdict at 0.6 mean a likelihood ratio of 4.5 or more, not 1.5.
+    fake_prior: float = 0.25
+
+
+def _targets(kind: str) -> tuple[float, float]:
+    """(blending, generation) targets of a fake of ``kind``. A decoder blend pastes a generated
+    region, so the generation head is not told either way."""
+    if kind == "decoder_blend":
+        return 1.0, IGNORE
+    if kind in BLENDING_KINDS:
+        return 1.0, 0.0
+    return 0.0, 1.0
+
+
+def make_fake(kind: str, cache: CropCache, index: int, rng: np.random.Generator, donors: np.ndarray,
+              recon_row: dict[int, int]) -> np.ndarray:  # fmt: skip
+    """A fake of ``kind`` made from real crop ``index`` (the pseudo-fake kinds)."""
+    crop, landmarks = np.asarray(cache.crops[index]), cache.landmarks[index]
+    if kind == "self_blend":
+        return self_blend(crop, landmarks, rng).image
+    if kind == "part_swap":
+        donor = int(rng.choice(donors))
+        return part_swap(crop, landmarks, np.asarray(cache.crops[donor]), cache.landmarks[donor], rng).image
+    if kind == "resynthesis":
+        return resynthesize(crop, landmarks, rng).image
+    assert cache.reconstructions is not None
+    reconstruction = np.asarray(cache.reconstructions[recon_row[index]])
+    if kind == "decoder_blend":
+        return decoder_blend(crop, reconstruction, landmarks, rng).image
+    return reconstruction  # taef2
+
+
+class PairSet(Dataset):
+    """Item = one pair (real, fake) as uint8 [2, 3, S, S], targets [2, 2] (IGNORE = no target) and
+    loss weights [2]."""
+
+    def __init__(self, cache: CropCache, pairs: list[tuple[int, str, int]], donors: np.ndarray,
+                 config: TrainConfig, train: bool, condition: str = "as given") -> None:  # fmt: skip
+        self.cache, self.pairs, self.donors, self.config, self.train = cache, pairs, donors, config, train
+        self.condition = condition
+        self.recon_row = cache.reconstruction_of()
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _finish(self, crop: np.ndarray, look_seed: int) -> tuple[np.ndarray, bool]:
+        """Framing, look and degradation (and whether it was heavy): a function of the seed alone,
+        never of the pixels, so both members of a pair get identical parameters."""
+        rng = np.random.default_rng(look_seed)
+        heavy = False
+        if self.train:
+            crop = frame_crop(crop, self.config.face_margin, self.config.input_size, rng)
+            crop = paired_look(crop, rng)
+            params = sample_degradation(rng)
+            crop, heavy = apply_degradation(crop, params, int(rng.integers(2**31))), is_heavy(params)
+        else:
+            crop = frame_crop(crop, self.config.face_margin, self.config.input_size, None)
+            crop = degrade_for_condition(crop, self.condition)
+        return limit_detail(crop, self.config.detail_size), heavy
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        real, kind, other = self.pairs[i]
+        # Seeded per pair and epoch: the same run gives the same samples with any worker count, and
+        # validation samples are identical at every validation.
+        rng = np.random.default_rng((self.config.seed, self.epoch if self.train else 10_000, i))
+        if kind.startswith("fake:"):
+            fake = np.asarray(self.cache.crops[other])
+        else:
+            fake = make_fake(kind, self.cache, real, rng, self.donors, self.recon_row)
+        look_seed = int(rng.integers(2**62))
+        (real_pixels, heavy), (fake_pixels, _) = (self._finish(np.asarray(self.cache.crops[real]), look_seed),
+                                                  self._finish(fake, look_seed))  # fmt: skip
+        pixels = torch.from_numpy(np.ascontiguousarray(np.stack([real_pixels, fake_pixels]))).permute(0, 3, 1, 2)
+        weights = torch.tensor([1.0, HEAVY_FAKE_WEIGHT if heavy else 1.0])
+        return pixels, torch.tensor([(0.0, 0.0), _targets(kind)]), weights
+
+
+# Validation conditions: each pair is scored as given and re-encoded the same way for both classes.
+CONDITIONS = ("as given", "JPEG 75", "half size + JPEG 50", "H.264 CRF 35")
+
+
+def degrade_for_condition(crop: np.ndarray, condition: str) -> np.ndarray:
+    if condition == "JPEG 75":
+        return jpeg_roundtrip(crop, 75)
+    if condition == "half size + JPEG 50":
+        size = crop.shape[0]
+        half = cv2_resize(crop, size // 2)
+        return cv2_resize(jpeg_roundtrip(half, 50), size)
+    if condition == "H.264 CRF 35":
+        return h264_roundtrip(crop, 35)
+    return crop
+
+
+def cv2_resize(image: np.ndarray, side: int) -> np.ndarray:
+    interpolation = cv2.INTER_AREA if side < image.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(image, (side, side), interpolation=interpolation)
+
+
+def kinds_available(cache: CropCache, config: TrainConfig, validation: bool) -> dict[str, list[int]]:
+    """Per kind, the crops a pair can start from: real crops for the made kinds, fake crops for
+    the fake folders. Validation uses the identity-disjoint split."""
+    usable = cache.face_found & (cache.is_val == validation)
+    recon = cache.reconstruction_of()
+    reals = [i for i, r in enumerate(cache.records) if usable[i] and r.label == 0]
+    kinds: dict[str, list[int]] = {"self_blend": reals, "part_swap": reals, "resynthesis": reals,
+                                   "decoder_blend": [i for i in reals if i in recon]}  # fmt: skip
+    kinds["taef2"] = kinds["decoder_blend"]
+    for i, record in enumerate(cache.records):
+        if usable[i] and record.label == 1:
+            kinds.setdefault(f"fake:{record.source}", []).append(i)
+    return {k: v for k, v in kinds.items() if v and k not in config.leave_out}
+
+
+def draw_pairs(cache: CropCache, kinds: dict[str, list[int]], count: int, rng: np.random.Generator,
+               validation: bool) -> list[tuple[int, str, int]]:  # fmt: skip
+    """``count`` pairs (real index, kind, fake index or -1) with kinds in MIXTURE proportions."""
+    reals = kinds["self_blend"]
+    by_source: dict[str, list[int]] = {}
+    for i in reals:
+        by_source.setdefault(cache.records[i].source, []).append(i)
+    names = [k for k in MIXTURE if k in kinds] + [k for k in kinds if k.startswith("fake:") and k not in MIXTURE]
+    weights = np.array([MIXTURE.get(k, 0.1) for k in names])
+    chosen = rng.choice(len(names), size=count, p=weights / weights.sum())
+    pairs = []
+    for n in chosen:
+        kind = names[n]
+        if kind.startswith("fake:"):
+            partners = by_source.get(MATCHED_REALS.get(kind, ""), reals)
+            pairs.append((int(rng.choice(partners)), kind, int(rng.choice(kinds[kind]))))
+        else:
+            pairs.append((int(rng.choice(kinds[kind])), kind, -1))
+    return pairs
+
+
+def validation_pairs(cache: CropCache, kinds: dict[str, list[int]], config: TrainConfig) -> list[tuple[int, str, int]]:
+    """Up to ``val_per_kind`` pairs of each kind, fixed for the whole run."""
+    rng = np.random.default_rng(1234)
+    pairs = []
+    reals = kinds["self_blend"]
+    for kind, pool in kinds.items():
+        picks = rng.permutation(len(pool))[: config.val_per_kind]
+        for k in picks:
+            if kind.startswith("fake:"):
+                pairs.append((int(rng.choice(reals)), kind, pool[k]))
+            else:
+                pairs.append((pool[k], kind, -1))
+    return pairs
+
+
+def _normalise(batch: torch.Tensor, config: ModelConfig, device) -> torch.Tensor:
+    mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
+    return ((batch.to(device).float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def _flatten(*pairs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """[P, 2, ...] pairs -> [2P, ...] samples."""
+    return tuple(t.flatten(0, 1) for t in pairs)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, config: ModelConfig, device) -> np.ndarray:
+    """Head logits [2P, heads] (flip-averaged as the config says), pairs flattened real-first."""
+    model.eval()
+    out = []
+    for pixels, _, _ in loader:
+        out.append(head_logits(model, _normalise(pixels.flatten(0, 1), config, device), config).cpu().numpy())
+    return np.concatenate(out)
+
+
+@dataclass
+class Validation:
+    """Head logits per condition for the fixed validation pairs (flattened: real, fake, real, ...)."""
+
+    kinds: np.ndarray  # [2P]: "real", "repeat" (a real already counted) or the fake's kind
+    logits: dict[str, np.ndarray]  # condition -> [2P, heads]
+
+
+def run_validation(model, cache, pairs, config, model_config, device) -> Validation:
+    logits = {}
+    for condition in CONDITIONS:
+        dataset = PairSet(cache, pairs, np.array([0]), config, train=False, condition=condition)
+        loader = DataLoader(dataset, batch_size=32, num_workers=config.workers)
+        logits[condition] = predict(model, loader, model_config, device)
+    # A real partnered with several fakes counts once as "real"; its repeats are set aside.
+    kinds, seen = [], set()
+    for real, kind, _ in pairs:
+        kinds += ["real" if real not in seen else "repeat", kind]
+        seen.add(real)
+    return Validation(np.array(kinds), logits)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float) -> tuple[tuple[float, ...], float]:
+    """Logistic regression of the FAKE label on the head logits, with fakes weighted to
+    ``fake_prior`` of the total (the probability then means the same whatever the mix of kinds
+    in validation)."""
+    x = torch.tensor(logits, dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.float64)
+    weight = torch.where(y > 0.5, fake_prior / max(1, int(labels.sum())),
+                         (1 - fake_prior) / max(1, int((1 - labels).sum())))  # fmt: skip
+    w = torch.ones(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (weight * nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return tuple(round(float(v), 5) for v in w.detach()), round(float(b.detach()), 5)
+
+
+def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float) -> ModelConfig:
+    """Head temperatures (each head on its own task) and the combiner, fitted on all conditions
+    pooled, so the calibration holds for re-encoded files too."""
+    used = val.kinds != "repeat"
+    logits = np.concatenate([val.logits[c][used] for c in CONDITIONS])
+    kinds = np.tile(val.kinds[used], len(CONDITIONS))
+    is_real = kinds == "real"
+    temperatures = []
+    for h in range(len(HEADS)):
+        own = [k for k in set(kinds) if k != "real" and _targets(str(k))[h] == 1.0]
+        mask = is_real | np.isin(kinds, own)
+        temperatures.append(round(fit_temperature(logits[mask, h], (~is_real[mask]).astype(float)), 5)
+                            if own else 1.0)  # fmt: skip
+    weights, bias = fit_combiner(logits, (~is_real).astype(float), fake_prior)
+    return ModelConfig(**{**asdict(model_config), "combine_weights": weights, "combine_bias": bias,
+                          "head_temperatures": tuple(temperatures)})  # fmt: skip
+
+
+def summarise(val: Validation, model_config: ModelConfig) -> dict:
+    """Per condition and kind: AUC of the calibrated FAKE score (real vs that kind), the false-alarm
+    rate at the threshold and the reals' mean score; plus ECE per kind as given."""
+    weights = np.array(model_config.combine_weights)
+    report: dict = {}
+    for condition in CONDITIONS:
+        scores = _sigmoid(val.logits[condition] @ weights + model_config.combine_bias)
+        reals = val.kinds == "real"
+        row = {"false_alarms": round(float((scores[reals] >= DEFAULT_THRESHOLD).mean()), 4),
+               "real_mean": round(float(scores[reals].mean()), 4)}  # fmt: skip
+        for kind in sorted(set(val.kinds) - {"real", "repeat"}):
+            mask = reals | (val.kinds == kind)
+            row[f"auc:{kind}"] = round(roc_auc((val.kinds[mask] != "real").astype(int), scores[mask]), 4)
+            if condition == "as given":
+                row[f"ece:{kind}"] = round(expected_calibration_error((val.kinds[mask] != "real").astype(int),
+                                                                      scores[mask]), 4)  # fmt: skip
+        report[condition] = row
+    aucs = [v for c in CONDITIONS[1:] for k, v in report[c].items() if k.startswith("auc:")]
+    climb = max(report[c]["real_mean"] for c in CONDITIONS) - report["as given"]["real_mean"]
+    # Selection: ranking under re-encoding (matched for both classes), minus any rise of the
+    # reals' score with compression (what made v1 flag compressed authentic media).
+    report["selection"] = round(float(np.mean(aucs)) - max(0.0, climb - 0.05), 4)
+    return report
+
+
+def train(config: TrainConfig) -> dict:
+    torch.manual_seed(config.seed)
+    device = select_device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    out = Path(config.out)
+    state_path = out.with_name(out.stem + ".state.pt")
+    build_cache(config.data, config.cache, val_fraction=config.val_fraction, seed=config.seed, videos=config.videos)
+    if config.taef2:
+        add_reconstructions(config.cache, config.taef2, config.reconstructions_per_source, config.seed)
+    cache = CropCache.open(config.cache)
+    train_kinds, val_kinds = kinds_available(cache, config, False), kinds_available(cache, config, True)
+    if not train_kinds.get("self_blend"):
+        raise SystemExit("No real faces to train on.")
+    donors = np.array(train_kinds["self_blend"])
+    val_pairs = validation_pairs(cache, val_kinds, config)
+    log.info("training kinds %s; validation kinds %s; left out %s", {k: len(v) for k, v in train_kinds.items()},
+             {k: len(v) for k, v in val_kinds.items()}, config.leave_out)  # fmt: skip
+
+    model_config = ModelConfig(arch=config.arch, input_size=config.input_size, face_margin=config.face_margin,
+                               detail_size=config.detail_size, flip_average=config.flip_average, heads=HEADS,
+                               combine_weights=(1.0, 1.0), head_temperatures=(1.0, 1.0))  # fmt: skip
+    history, lineage = [], []
+    if config.init:
+        loaded = load_model(config.init)
+        model = loaded.module
+        if loaded.config.heads != HEADS:
+            raise SystemExit(f"--init needs a {HEADS} model; {config.init} has heads {loaded.config.heads}.")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        init = torch.load(config.init, map_location="cpu", weights_only=True)
+        history = list(init.get("metrics", {}).get("history", []))
+        lineage = [*init.get("lineage", []), init["train_config"]] if "train_config" in init else []
+    else:
+        model = create_model(config.arch, pretrained=True, num_outputs=len(HEADS))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    pairs_per_batch = max(1, config.batch_size // 2)
+    epochs = math.ceil(config.total_samples / config.epoch_size)
+    steps_per_epoch = math.ceil(config.epoch_size / (2 * pairs_per_batch))
+    total_steps = max(1, steps_per_epoch * epochs)
+    warmup = min(300, total_steps // 10 + 1)
+
+    def warmup_cosine(s: int) -> float:
+        return min(1.0, (s + 1) / warmup) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+    start_epoch, best = 0, -1.0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch, history, best = state["epoch"], json.loads(state["history"]), float(state["best"])
+        log.info("resumed from %s at epoch %d (%d samples seen)", state_path, start_epoch,
+                 start_epoch * steps_per_epoch * 2 * pairs_per_batch)  # fmt: skip
+
+    use_bf16 = config.bf16 and device.type == "cpu" and torch.backends.mkldnn.is_available()
+    loss_fn = nn.BCEWithLogitsLoss(reduction="none")
+    step = start_epoch * steps_per_epoch
+    final = dict(history[-1]) if history else {}
+    for epoch in range(start_epoch, epochs):
+        # Reopened every chunk: reconstructions that a background cache build finished meanwhile join in.
+        cache = CropCache.open(config.cache)
+        train_kinds = kinds_available(cache, config, False)
+        log.info("chunk %d kinds %s", epoch + 1, {k: len(v) for k, v in train_kinds.items()})
+        rng = np.random.default_rng((config.seed, epoch))
+        dataset = PairSet(cache, draw_pairs(cache, train_kinds, steps_per_epoch * pairs_per_batch, rng, False),
+                          donors, config, train=True)  # fmt: skip
+        dataset.epoch = epoch
+        loader = DataLoader(dataset, batch_size=pairs_per_batch, shuffle=False, num_workers=config.workers,
+                            persistent_workers=False, prefetch_factor=4 if config.workers else None)  # fmt: skip
+        model.train()
+        started, running = time.time(), []
+        bar = tqdm(loader, desc=f"chunk {epoch + 1}/{epochs}", unit="batch", file=sys.stderr, mininterval=30)
+        for pixels, targets, pair_weights in bar:
+            images, labels, weights = _flatten(pixels, targets, pair_weights)
+            labels, weights = labels.to(device), weights.to(device)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(_normalise(images, model_config, device))
+            known = (labels != IGNORE) * weights[:, None]
+            losses = loss_fn(logits.float(), labels.clamp(min=0)) * known
+            loss = losses.sum() / known.sum().clamp(min=1e-6)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            running.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
+            if config.max_steps and step >= config.max_steps:
+                break
+        seconds = time.time() - started
+        val = run_validation(model, cache, val_pairs, config, model_config, device)
+        calibrated = calibrate(val, model_config, config.fake_prior)
+        report = summarise(val, calibrated)
+        samples = (epoch + 1) * steps_per_epoch * 2 * pairs_per_batch
+        final = {"chunk": epoch + 1, "samples": samples, "loss": round(float(np.mean(running)), 5),
+                 "train_seconds": round(seconds, 1), "samples_per_s": round(len(running) * 2 * pairs_per_batch / seconds, 2),
+                 **report}  # fmt: skip
+        history.append(final)
+        log.info("chunk %d: %s", epoch + 1, json.dumps(final))
+        if report["selection"] > best:
+            best = report["selection"]
+            _save(out, model, calibrated, report, history, cache, config, lineage, train_kinds)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "epoch": epoch + 1, "history": json.dumps(history), "best": best}, state_path)  # fmt: skip
+        if config.max_steps and step >= config.max_steps:
+            break
+    if epochs == 0 or start_epoch >= epochs:  # recalibration only (or a finished run asked again)
+        val = run_validation(model, cache, val_pairs, config, model_config, device)
+        calibrated = calibrate(val, model_config, config.fake_prior)
+        final = summarise(val, calibrated)
+        _save(out, model, calibrated, final, history, cache, config, lineage, train_kinds)
+    return final
+
+
+def _save(out: Path, model: nn.Module, model_config: ModelConfig, report: dict, history: list, cache: CropCache,
+          config: TrainConfig, lineage: list, train_kinds: dict) -> None:  # fmt: skip
+    metrics = {**report, "history": history,
+               "protocol": "identity-disjoint validation split (LFW by person, near-duplicates grouped, video clips "
+                           "whole); pairs of a real face and a fake, each condition applied to both"}  # fmt: skip
+    trained_on = sorted({r.source for r in cache.records if r.label == 0})
+    trained_on += [k for k in train_kinds if not k.startswith("fake:")] + [k[5:] for k in train_kinds if k.startswith("fake:")]
+    save_checkpoint(out, model, model_config, threshold=DEFAULT_THRESHOLD, temperature=1.0, metrics=metrics,
+                    trained_on=trained_on, version=config.version,
+                    extra={"name": f"{config.arch}-deepfake", "train_config": asdict(config), "lineage": lineage})  # fmt: skip
+    log.info("wrote %s (selection %.4f, combiner %s + %s, head temperatures %s)", out, report["selection"],
+             model_config.combine_weights, model_config.combine_bias, model_config.head_temperatures)  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="python -m deepfake.train", description=__doc__.split("\n")[0])
+    defaults = TrainConfig(data="", out="")
+    parser.add_argument("--data", required=True, help="folder with real/<source>/** and fake/<source>/**")
+    parser.add_argument("--out", default="models/image_model.pth")
+    parser.add_argument("--cache", default=defaults.cache, help="face-crop cache folder (a build artifact)")
+    parser.add_argument("--videos", help="folder of authentic clips; their frames join the real faces")
+    parser.add_argument("--taef2", help="TAEF2 weights folder (decoder-trace fakes)")
+    for name in ("total_samples", "epoch_size", "batch_size", "seed", "input_size", "val_per_kind",
+                 "workers", "max_steps", "detail_size", "reconstructions_per_source"):  # fmt: skip
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "face_margin", "val_fraction", "fake_prior"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument("--arch", default=defaults.arch)
+    parser.add_argument("--leave-out", nargs="*", default=[],
+                        help="fake kinds to hold out of training: fake:<folder>, taef2, decoder_blend, ...")  # fmt: skip
+    parser.add_argument("--init", help="start from this checkpoint")
+    parser.add_argument("--device")
+    parser.add_argument("--version", default=defaults.version)
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
+    parser.add_argument("--no-flip-average", dest="flip_average", action="store_false",
+                        help="score crops as given, without averaging with their mirror image")  # fmt: skip
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    log_path = Path(config.out).with_suffix(".log")  # next to the checkpoint it describes
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handlers = [logging.StreamHandler(), logging.FileHandler(log_path)]
+    logger = logging.getLogger("deepfake")
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    try:
+        train(config)
+    finally:  # callers in the same process (tests, notebooks) must not inherit our handlers
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+if __name__ == "__main__":
+    main()
