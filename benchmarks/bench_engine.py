@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torchvision
 from matplotlib import cbook
-from reporting import cpu_name, load_average, write_section
+from reporting import cpu_name, load_average, publish
 
 from deepfake import DetectionEngine, ImageDeepfakeDetector, VideoDeepfakeDetector
 from deepfake.media import load_image
@@ -143,10 +143,7 @@ def main() -> None:
         "regions, the overlay and writing the PNG. For the clip, every frame is scored first and Grad-CAM runs "
         "on the 3 most suspicious frames, inside explanation.", "",
     ]  # fmt: skip
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from reporting import cpu_name, load_average, write_section
+from reporting import cpu_name, load_average, publish
 
 from deepfake.faces import MAX_SIDE, MIN_SCORE, FaceDetector, face_detector
 from deepfake.media import IMAGE_EXTENSIONS, load_image
@@ -208,10 +208,7 @@ def main() -> None:
         "larger than the size are searched as they are.", "",
         "| set | " + " | ".join(f"≤ {s} px" for s in SIDES) + " |", "|---|" + "---:|" * len(SIDES), *side_rows, "",
     ]  # fmt: skip
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from matplotlib import cbook
-from reporting import cpu_name, load_average, write_section
+from reporting import cpu_name, load_average, publish
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test CA and sample writers
 from provenance_samples import camera_exif, manifest, reencode, sign, xmp_packet  # noqa: E402
@@ -103,10 +103,7 @@ def main() -> None:
         "", f"Budget: at most {BUDGET_MS:.0f} ms added for a photo without a manifest. Worst p95 without a "
         f"manifest: **{worst:.2f} ms** ({'within' if worst <= BUDGET_MS else 'OVER'} budget).", "",
     ]  # fmt: skip
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(text)
+    publish(lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

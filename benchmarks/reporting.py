@@ -32,3 +32,11 @@ def write_section(text: str) -> None:
         end = existing.find("\n## ", start + 1)
         existing = existing[:start] + existing[end + 1 :] if end >= 0 else existing[:start]
     REPORT.write_text(existing.rstrip() + "\n\n" + text.rstrip() + "\n")
+
+
+def publish(lines: list[str], write: bool) -> None:
+    """Print a benchmark's section and, unless told not to, put it into the report."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        write_section(text)

@@ -4,8 +4,9 @@ The public names load on first use, so ``import deepfake.results`` (or the expla
 package, which builds on it) does not pull in the whole engine.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from deepfake.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -43,9 +44,4 @@ if TYPE_CHECKING:
     from deepfake.video import VideoDeepfakeDetector
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'deepfake' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

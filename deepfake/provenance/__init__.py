@@ -6,8 +6,9 @@ that sit beside the model's verdict (``findings`` states the rules). The public 
 first use, so the result types can import ``findings`` without loading the C2PA library.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from deepfake.lazy import lazy_exports
 
 _EXPORTS = {
     "EVIDENCE_RULES": "deepfake.provenance.findings",
@@ -35,9 +36,4 @@ if TYPE_CHECKING:
     from deepfake.provenance.settings import TRUST_ANCHORS_ENV, ProvenanceSettings
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'deepfake.provenance' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

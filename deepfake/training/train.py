@@ -77,7 +77,7 @@ class TrainConfig:
     taef2: str | None = None  # TAEF2 weights folder: decoder-trace fakes
     reconstructions_per_source: int = 150
     arch: str = "efficientnet_lite0"
-    input_size: int = 224
+    input_size: int = 192  # v2: full detail at 192 px, 0.73x the pixels (and compute) of 224
     face_margin: float = 1.3
     detail_size: int | None = None
     total_samples: int = 150_000
