@@ -16,6 +16,7 @@ from deepfake.engine import DetectionEngine
 from deepfake.evaluation.evaluate import EvalConfig, evaluate
 from deepfake.interfaces.dashboard import (
     authentic_tables,
+    checkpoint_metrics,
     kinds_table,
     ladder_table,
     load_evaluation,
@@ -88,6 +89,7 @@ def test_train_writes_a_loadable_two_head_checkpoint_and_resumes(tiny_data, tmp_
     assert {"auc:self_blend", "auc:fake:blurred", "false_alarms", "real_mean"} <= set(as_given)
     assert set(loaded.metrics) >= {"JPEG 75", "half size + JPEG 50", "H.264 CRF 35", "selection"}
     assert len(loaded.metrics["history"]) == 1
+    assert "AUC, self_blend" in checkpoint_metrics(loaded).index  # the dashboard's sidebar shows them
     assert out.with_suffix(".log").read_text().count("chunk 1:") == 1
     assert out.with_name("model.state.pt").exists()
     train_main([*args, "--total-samples", "16"])  # resumes at chunk 2, not from scratch

@@ -303,8 +303,12 @@ def timeline_chart(table: pd.DataFrame, threshold: float) -> alt.Chart:
 
 
 def checkpoint_metrics(model: LoadedModel) -> pd.DataFrame:
-    """The validation numbers the checkpoint carries (scalars only; the training history is left out)."""
+    """The validation numbers the checkpoint carries: its scalars, and for a v2 checkpoint the AUC
+    per kind of fake as given (its other conditions and the training history are left out)."""
     values = {k: float(v) for k, v in model.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    as_given = model.metrics.get("as given")
+    if isinstance(as_given, dict):
+        values |= {f"AUC, {k[4:].removeprefix('fake:')}": float(v) for k, v in as_given.items() if k.startswith("auc:")}
     return pd.DataFrame({"value": list(values.values())}, index=pd.Index(list(values), name="metric"))
 
 
