@@ -57,8 +57,8 @@ class OutputFolder:
         return folder
 
 
-# Below this JPEG quality a warning goes with the verdict: recompressed at quality 50, the held-out
-# real-vs-GAN set fell from AUC 0.85 to 0.63 (reports/EVALUATION_REPORT.md, robustness).
+# Below this JPEG quality a warning goes with the verdict: with model v2 the held-out blends fell from
+# AUC 0.66 to 0.59 at JPEG 30, and the model then leans REAL (reports/EVALUATION_REPORT.md, ladder).
 LOW_JPEG_QUALITY = 60
 
 # The overlay is written on every analysis, so it is stored uncompressed: 6 ms (CPU) for the
@@ -160,8 +160,8 @@ class ImageDeepfakeDetector(_Detector):
             warnings.append("No face found: the whole image was scored, which is less reliable.")
         if quality is not None and quality < LOW_JPEG_QUALITY:
             warnings.append(f"Saved as a strongly compressed JPEG (quality about {quality}). Compression wipes out "
-                            "much of what the model looks for: re-saved at quality 50, our held-out photos were "
-                            "told apart little better than chance. Treat this verdict with extra caution.")  # fmt: skip
+                            "much of what the model looks for, above all the traces of a blended face: under strong "
+                            "compression the model leans towards REAL, so a REAL verdict here is weak evidence.")  # fmt: skip
         decider = deciding_face(scored)
         if decider.cut_off:
             warnings.append("The face is cut off by the picture's edge, which makes its score less reliable.")
