@@ -27,21 +27,13 @@ import numpy as np
 import torch
 import torchvision
 from matplotlib import cbook
-from reporting import cpu_name, load_average, publish
+from reporting import cpu_name, load_average, photo_1mp, publish
 
 from deepfake import DetectionEngine, ImageDeepfakeDetector, VideoDeepfakeDetector
 from deepfake.media import load_image
 
 STAGES = ("decode_ms", "faces_ms", "model_ms", "explanation_ms", "total_ms")
 REFERENCE_SIZE = 380  # EfficientNet-B4's input in Self-Blended Images
-
-
-def photo_1mp() -> bytes:
-    face = load_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    scale = (1_000_000 / (face.shape[0] * face.shape[1])) ** 0.5
-    image = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return data.tobytes()
 
 
 def clip_720p(seconds: int = 10, fps: int = 25) -> bytes:

@@ -21,24 +21,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from matplotlib import cbook
-from reporting import cpu_name, load_average, publish
+from reporting import cpu_name, load_average, photo_1mp, publish
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test CA and sample writers
 from provenance_samples import camera_exif, manifest, reencode, sign, xmp_packet  # noqa: E402
 
-from deepfake.media import decode_image_bytes, jpeg_quality, load_image  # noqa: E402
+from deepfake.media import decode_image_bytes, jpeg_quality  # noqa: E402
 from deepfake.provenance import ProvenanceSettings, read_provenance  # noqa: E402
 
 BUDGET_MS = 10.0
-
-
-def photo_1mp() -> bytes:
-    face = load_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    scale = (1_000_000 / (face.shape[0] * face.shape[1])) ** 0.5
-    image = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return data.tobytes()
 
 
 def timed(function, runs: int) -> list[float]:
@@ -78,7 +69,7 @@ def main() -> None:
             read_provenance(data, settings, jpeg_quality=quality)
         # Interleaved with a decode of the same file, so that a load that comes and goes weighs on both.
         reads, decodes = [], []
-        for _ in range(args.runs // 10):
+        for _ in range(max(1, args.runs // 10)):  # at least one block, so a short run still reports
             reads += timed(lambda d=data, q=quality: read_provenance(d, settings, jpeg_quality=q), 10)
             decodes += timed(lambda d=data: decode_image_bytes(d, "bench"), 1)
         rows.append((label, len(data), statistics.median(reads), float(np.percentile(reads, 95)),

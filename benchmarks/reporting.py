@@ -1,10 +1,15 @@
-"""What the benchmarks share: where their results go and how a section there is replaced."""
+"""What the benchmarks share: the test photo, where their results go and how a section there is replaced."""
 
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+
+import cv2
+import matplotlib.cbook as cbook
+
+from deepfake.media import load_image
 
 REPORT = Path(__file__).resolve().parent.parent / "reports" / "BENCHMARKS.md"
 
@@ -40,3 +45,12 @@ def publish(lines: list[str], write: bool) -> None:
     print(text)
     if write:
         write_section(text)
+
+
+def photo_1mp() -> bytes:
+    """The bundled Grace Hopper portrait scaled to 1 megapixel, as a JPEG of quality 92."""
+    face = load_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    scale = (1_000_000 / (face.shape[0] * face.shape[1])) ** 0.5
+    image = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return data.tobytes()

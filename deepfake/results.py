@@ -39,6 +39,13 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
+def head_scores(head_probabilities: dict[str, float]) -> dict:
+    """Both kinds of evidence and which dominates (None each for a one-logit model, or no face)."""
+    return {"blending_probability": _rounded(head_probabilities.get("blending")),
+            "generation_probability": _rounded(head_probabilities.get("generation")),
+            "dominant_evidence": dominant_evidence(head_probabilities)}  # fmt: skip
+
+
 def classify(probability: float, threshold: float) -> str:
     return FAKE if probability >= threshold else REAL
 
@@ -96,10 +103,7 @@ class FaceResult:
         return dominant_evidence(self.head_probabilities)
 
     def head_scores(self) -> dict:
-        """Both kinds of evidence and which dominates (None each for a one-logit model)."""
-        return {"blending_probability": _rounded(self.head_probabilities.get("blending")),
-                "generation_probability": _rounded(self.head_probabilities.get("generation")),
-                "dominant_evidence": self.dominant_evidence}  # fmt: skip
+        return head_scores(self.head_probabilities)
 
     def to_dict(self) -> dict:
         return {
@@ -186,8 +190,7 @@ class AnalysisResult(_Mapping):
 
     def head_scores(self) -> dict:
         face = self.deciding
-        return face.head_scores() if face else {"blending_probability": None, "generation_probability": None,
-                                                    "dominant_evidence": None}  # fmt: skip
+        return head_scores(face.head_probabilities if face else {})
 
     @property
     def verdict(self) -> str:

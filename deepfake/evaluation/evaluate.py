@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -49,9 +48,9 @@ from deepfake.evaluation.metrics import (
 from deepfake.faces import limit_detail
 from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, load_image
 from deepfake.results import deciding_face
-from deepfake.training.augment import frame_crop, jpeg_roundtrip
+from deepfake.training.augment import frame_crop
 from deepfake.training.data import FRAME_SEP, VIDEO_SOURCE, CropCache, build_cache
-from deepfake.training.degradation import h264_roundtrip
+from deepfake.training.degradation import LADDER, degrade_crop
 from deepfake.training.pseudofakes import decoder_blend, part_swap, self_blend
 from deepfake.training.train import TrainConfig
 from deepfake.video import VideoDeepfakeDetector
@@ -74,22 +73,6 @@ MISSES_LISTED = 10
 Degrade = Callable[[np.ndarray], np.ndarray]
 
 
-def _half(image: np.ndarray) -> np.ndarray:
-    height, width = image.shape[:2]
-    return cv2.resize(image, (max(1, width // 2), max(1, height // 2)), interpolation=cv2.INTER_AREA)
-
-
-# What messaging apps, social networks and video platforms do to media before a fact-checker sees it.
-LADDER: dict[str, Degrade] = {
-    "JPEG 75": lambda image: jpeg_roundtrip(image, 75),
-    "JPEG 50": lambda image: jpeg_roundtrip(image, 50),
-    "JPEG 30": lambda image: jpeg_roundtrip(image, 30),
-    "half size": _half,
-    "H.264 CRF 28": lambda image: h264_roundtrip(image, 28),
-    "H.264 CRF 35": lambda image: h264_roundtrip(image, 35),
-    "H.264 CRF 40": lambda image: h264_roundtrip(image, 40),
-    "half size + JPEG 50": lambda image: jpeg_roundtrip(_half(image), 50),
-}
 CONDITIONS: dict[str, Degrade | None] = {AS_GIVEN: None, **LADDER}
 
 
@@ -256,10 +239,7 @@ def _head_names(engine: DetectionEngine) -> tuple[str, ...]:
 def _finish_crop(crop: np.ndarray, degrade: Degrade | None, detail_size: int | None) -> np.ndarray:
     """A framed crop degraded as a file would be, then brought to the model's input as the engine does
     (a half-size picture's face is cropped small and resized up; then the detail ceiling)."""
-    out = crop if degrade is None else degrade(crop)
-    if out.shape != crop.shape:
-        out = cv2.resize(out, crop.shape[1::-1], interpolation=cv2.INTER_LINEAR)
-    return limit_detail(out, detail_size)
+    return limit_detail(crop if degrade is None else degrade_crop(crop, degrade), detail_size)
 
 
 def score_units(engine: DetectionEngine, units: list[Unit], conditions: dict[str, Degrade | None],

@@ -16,6 +16,7 @@ with its defaults changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -193,3 +194,31 @@ def h264_roundtrip(
     decoder.thread_count = 1
     frames = [frame for packet in packets for frame in decoder.decode(packet)] + list(decoder.decode(None))
     return np.ascontiguousarray(frames[-1].to_ndarray(format="rgb24")[:h, :w])
+
+
+def half_size(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    return cv2.resize(image, (max(1, width // 2), max(1, height // 2)), interpolation=cv2.INTER_AREA)
+
+
+# What messaging apps, social networks and video platforms do to media before a fact-checker sees
+# it: the fixed steps that training validation and the evaluation measure robustness on.
+LADDER: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "JPEG 75": lambda image: jpeg_roundtrip(image, 75),
+    "JPEG 50": lambda image: jpeg_roundtrip(image, 50),
+    "JPEG 30": lambda image: jpeg_roundtrip(image, 30),
+    "half size": half_size,
+    "H.264 CRF 28": lambda image: h264_roundtrip(image, 28),
+    "H.264 CRF 35": lambda image: h264_roundtrip(image, 35),
+    "H.264 CRF 40": lambda image: h264_roundtrip(image, 40),
+    "half size + JPEG 50": lambda image: jpeg_roundtrip(half_size(image), 50),
+}
+
+
+def degrade_crop(crop: np.ndarray, degrade: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """A framed crop after a degradation (a LADDER step), back at its own size, as the engine would
+    crop and resize the face of a file that went through it (a half-size picture's face is resized up)."""
+    out = degrade(crop)
+    if out.shape != crop.shape:
+        out = cv2.resize(out, crop.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    return out

@@ -27,7 +27,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -39,9 +38,9 @@ from deepfake.evaluation.metrics import expected_calibration_error, fit_temperat
 from deepfake.faces import limit_detail
 from deepfake.loading import DEFAULT_THRESHOLD, load_model, save_checkpoint
 from deepfake.model import ModelConfig, create_model, head_logits
-from deepfake.training.augment import frame_crop, jpeg_roundtrip, paired_look
+from deepfake.training.augment import frame_crop, paired_look
 from deepfake.training.data import CropCache, add_reconstructions, build_cache
-from deepfake.training.degradation import Degradation, apply_degradation, h264_roundtrip, sample_degradation
+from deepfake.training.degradation import LADDER, Degradation, apply_degradation, degrade_crop, sample_degradation
 from deepfake.training.pseudofakes import decoder_blend, part_swap, resynthesize, self_blend
 
 log = logging.getLogger("deepfake.training.train")
@@ -181,20 +180,7 @@ CONDITIONS = ("as given", "JPEG 75", "half size + JPEG 50", "H.264 CRF 35")
 
 
 def degrade_for_condition(crop: np.ndarray, condition: str) -> np.ndarray:
-    if condition == "JPEG 75":
-        return jpeg_roundtrip(crop, 75)
-    if condition == "half size + JPEG 50":
-        size = crop.shape[0]
-        half = cv2_resize(crop, size // 2)
-        return cv2_resize(jpeg_roundtrip(half, 50), size)
-    if condition == "H.264 CRF 35":
-        return h264_roundtrip(crop, 35)
-    return crop
-
-
-def cv2_resize(image: np.ndarray, side: int) -> np.ndarray:
-    interpolation = cv2.INTER_AREA if side < image.shape[0] else cv2.INTER_LINEAR
-    return cv2.resize(image, (side, side), interpolation=interpolation)
+    return crop if condition == "as given" else degrade_crop(crop, LADDER[condition])
 
 
 def kinds_available(cache: CropCache, config: TrainConfig, validation: bool) -> dict[str, list[int]]:
