@@ -164,15 +164,15 @@ def heatmap_view(analysis: Analysis, result: DetectionResult | VideoResult) -> N
                                 help="Drawn only on faces labelled FAKE.")  # fmt: skip
     if isinstance(result, VideoResult):
         frames = [result.timeline[i] for i in result.suspicious_frames]
-        pictures = [(frame.image, frame.faces, frame_caption(frame)) for frame in frames if frame.image is not None]
+        pictures = [(frame.image, frame.faces, frame_caption(frame), None) for frame in frames if frame.image is not None]
         st.markdown(f"The {len(pictures)} most suspicious frames:")
-    else:
-        pictures = [(result.image, result.faces, "Photo")]
-    for image, faces, caption in pictures:
+    else:  # a big JPEG is kept as decoded, smaller than the picture its faces' coordinates refer to
+        pictures = [(result.image, result.faces, "Photo", (result.height, result.width))]
+    for image, faces, caption, shape in pictures:
         original, heatmap = st.columns(2)
         # Both stretched: at natural size a small video frame would sit beside a wider caption-driven one.
         original.image(dashboard.preview(image), caption=f"{caption}: original", width="stretch")
-        heatmap.image(dashboard.heatmap_preview(image, faces, opacity, boxes), width="stretch",
+        heatmap.image(dashboard.heatmap_preview(image, faces, opacity, boxes, shape), width="stretch",
                       caption=f"{caption}: heatmap, warm colours where the model looked hardest")  # fmt: skip
     if result.explanation:
         st.markdown(f"**In words:** {markdown_literal(result.explanation)}")

@@ -115,10 +115,12 @@ def _faces_html(faces: list[FaceResult]) -> str:
     return f"<h3>Faces</h3><div class='row'>{figures}</div>"
 
 
-def _heatmap_pair(image: np.ndarray, faces: list[FaceResult], caption: str, opacity: float) -> str:
+def _heatmap_pair(image: np.ndarray, faces: list[FaceResult], caption: str, opacity: float,
+                  shape: tuple[int, int] | None = None) -> str:  # fmt: skip
+    """``shape``: the (height, width) the faces' coordinates refer to, when ``image`` was decoded smaller."""
     pictures = _figure(_photo(image, "original"), f"{caption}: original", "picture")
     if any(f.cam is not None for f in faces):
-        pictures += _figure(_photo(render_overlay(image, faces, opacity), "heatmap"),
+        pictures += _figure(_photo(render_overlay(image, faces, opacity, shape=shape), "heatmap"),
                             f"{caption}: heatmap (warm colours: where the model looked hardest)", "picture")  # fmt: skip
     return f"<div class='row'>{pictures}</div>"
 
@@ -162,7 +164,7 @@ def _result_html(result: AnalysisResult, opacity: float) -> str:
     parts.append(_evidence_html(result))
     if isinstance(result, DetectionResult):
         if result.image is not None:
-            parts.append(_heatmap_pair(result.image, result.faces, "Photo", opacity))
+            parts.append(_heatmap_pair(result.image, result.faces, "Photo", opacity, (result.height, result.width)))
         parts.append(_faces_html(result.faces))
     elif isinstance(result, VideoResult) and result.timeline:
         suspicious = [result.timeline[i] for i in result.suspicious_frames]

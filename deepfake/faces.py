@@ -45,6 +45,11 @@ class Face:
     def size(self) -> float:
         return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
+    def scaled(self, factor: float) -> Face:
+        """The same face on the picture scaled by ``factor``."""
+        x1, y1, x2, y2 = self.box
+        return Face((x1 * factor, y1 * factor, x2 * factor, y2 * factor), self.landmarks * factor, self.score)
+
     def to_dict(self) -> dict:
         return {
             "box": [round(float(v), 1) for v in self.box],

@@ -31,7 +31,8 @@ from deepfake.errors import (
 
 MAX_IMAGE_PIXELS = 40_000_000
 # Pictures are analysed at most this large: the model sees faces at 224 px and the face finder
-# works at 640 px, so a 12 MP phone photo is kept whole and a bigger one is halved (or more).
+# works at 640 px, so a 12 MP phone photo can be used whole and a bigger one is halved (or more).
+# Most photos are decoded smaller still (deepfake.detector decodes at the size it needs).
 WORK_PIXELS = 12_000_000
 MIN_IMAGE_SIDE = 32  # below this a face, if found at all, is too small to judge
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".heic", ".heif", ".avif")
@@ -130,23 +131,37 @@ def load_image(source: Source, name: str | None = None, max_pixels: int = MAX_IM
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A decoded image file at the resolution it is analysed at, with what was left out of it."""
+    """An image file's first frame, decoded at 1/``factor`` of the picture's size, with what was
+    left out of it."""
 
     pixels: np.ndarray  # RGB uint8 (H, W, 3), upright
-    width: int  # the picture's own size (upright), before any scaling down
+    width: int  # the picture's own size (upright): the coordinates results are given in
     height: int
     frames: int  # frames in the file (animated GIF/WebP, multi-page TIFF); only the first is decoded
-
-    @property
-    def scaled(self) -> bool:
-        return (self.pixels.shape[1], self.pixels.shape[0]) != (self.width, self.height)
+    factor: int = 1  # picture pixels per decoded pixel along each side, a power of two
+    jpeg_quality: int | None = None  # estimated from a JPEG's quantisation tables (see jpeg_quality)
 
 
-def decode_image(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
-                 work_pixels: int | None = None) -> DecodedImage:  # fmt: skip
-    """Decode the first frame, at most ``work_pixels`` large if given. A JPEG is decoded straight
-    at a reduced scale (libjpeg's DCT scaling), so a small file whose header claims 40 MP never
-    costs 40 MP of memory or time; other formats are scaled down right after decoding."""
+def scale_factor(width: int, height: int, min_pixels: int | None = None, max_pixels: int | None = None) -> int:
+    """The coarsest of libjpeg's DCT scales (1/1, 1/2, 1/4, 1/8), as a divisor, that leaves a
+    ``width`` x ``height`` picture at least ``min_pixels`` large (None: full size), unless a coarser
+    power of two is needed to bring it to at most ``max_pixels``."""
+    factor = 1
+    while min_pixels is not None and factor < 8 and (width // (2 * factor)) * (height // (2 * factor)) >= min_pixels:
+        factor *= 2
+    limit = 1
+    while max_pixels is not None and (width // limit) * (height // limit) > max_pixels:
+        limit *= 2
+    return max(factor, limit)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS, work_pixels: int | None = None,
+                 min_pixels: int | None = None) -> DecodedImage:  # fmt: skip
+    """Decode the first frame at most ``work_pixels`` large if given and, for a JPEG, at the
+    coarsest DCT scale that keeps at least ``min_pixels`` (see scale_factor). A JPEG is decoded
+    straight at the reduced scale (libjpeg's DCT scaling), so a small file whose header claims
+    40 MP never costs 40 MP of memory or time; other formats are decoded whole and scaled down
+    right after."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -155,38 +170,32 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
             if image.format not in DECODED_FORMATS:
                 raise UnsupportedFormatError(f"'{name}' is a {image.format} image, which is not supported.")
             width, height, frames = image.width, image.height, getattr(image, "n_frames", 1)
-            target = _fit_pixels(width, height, work_pixels)
-            if target != (width, height) and image.format in ("JPEG", "MPO"):
-                image.draft(image.mode, target)  # the smallest DCT scale still at least ``target``
+            jpeg = image.format in ("JPEG", "MPO")
+            factor = scale_factor(width, height, min_pixels if jpeg else None, work_pixels)
+            if factor > 1 and jpeg:  # the decoder picks the scale: the largest divisor up to 8 that fits
+                image.draft(image.mode, (max(1, width // factor), max(1, height // factor)))
             image.load()
+            quality = _quality(image) if jpeg else None
     except InputError:
         raise
     except UnidentifiedImageError as exc:
         raise CorruptFileError(f"'{name}' looks like an image but cannot be decoded; it may be damaged.") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptFileError(f"'{name}' is truncated or corrupt and cannot be decoded ({exc}).") from exc
-    pixels = _pil_to_rgb(image)
-    if (pixels.shape[1] > pixels.shape[0]) != (width > height):  # EXIF turned it a quarter
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # shown turned a quarter
         width, height = height, width
-    size = _fit_pixels(pixels.shape[1], pixels.shape[0], work_pixels)
-    if size != (pixels.shape[1], pixels.shape[0]):
+    pixels = _pil_to_rgb(image)
+    if pixels.shape[1] > -(-width // factor):  # not decoded at the scale (not a JPEG, or past 1/8)
+        # Whole-pixel blocks for cv2's fast path: a 40 MP to 12 MP resize at a fractional ratio
+        # took longer than decoding the picture.
+        size = (max(1, width // factor), max(1, height // factor))
         pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-    return DecodedImage(pixels, width, height, frames)
+    return DecodedImage(pixels, width, height, frames, factor, quality)
 
 
 def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """The first frame at full resolution."""
     return decode_image(data, name, max_pixels).pixels
-
-
-def _fit_pixels(width: int, height: int, limit: int | None) -> tuple[int, int]:
-    """``(width, height)`` divided by the smallest power of two that brings it to at most ``limit``
-    pixels: the scales libjpeg decodes at directly, and whole-pixel blocks for cv2's fast path
-    (a 40 MP to 12 MP resize at a fractional ratio took longer than decoding the picture)."""
-    factor = 1
-    while limit is not None and (width // factor) * (height // factor) > limit:
-        factor *= 2
-    return max(1, width // factor), max(1, height // factor)
 
 
 def require_face_sized(image: np.ndarray, name: str) -> np.ndarray:
@@ -213,11 +222,18 @@ def jpeg_quality(data: bytes) -> int | None:
     table; None for other formats. Heavy compression hides manipulation traces."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ("JPEG", "MPO") or not getattr(image, "quantization", None):
-                return None
-            table = np.asarray(image.quantization[min(image.quantization)], dtype=np.float64)
+            return _quality(image) if image.format in ("JPEG", "MPO") else None
     except (OSError, SyntaxError, ValueError):
         return None
+
+
+def _quality(image: Image.Image) -> int | None:
+    """jpeg_quality of an opened JPEG: decode_image reads it from the image it decodes, so the
+    file's header is parsed once."""
+    tables = getattr(image, "quantization", None)
+    if not tables:
+        return None
+    table = np.asarray(tables[min(tables)], dtype=np.float64)
     scale = 100 * table.mean() / _IJG_LUMINANCE.mean()  # the IJG scaling: 200 - 2q above q50, 5000 / q below
     quality = (200 - scale) / 2 if scale <= 100 else 5000 / scale
     return int(np.clip(round(quality), 1, 100))

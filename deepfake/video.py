@@ -229,7 +229,7 @@ class VideoDeepfakeDetector(_Detector):
         media = read_media(source, name)
         if media.kind != "video":
             raise UnsupportedFormatError(f"'{media.name}' is an image; use ImageDeepfakeDetector for it.")
-        file_evidence = read_provenance(media.data, self.provenance)  # content credentials: C2PA covers MP4 and MOV
+        file_evidence = read_provenance(media.data, self.provenance)  # C2PA and MP4/MOV metadata
         report(0.0, "Decoding frames")
         info, frames = sample_frames(media.data, media.name, num_frames)
         decoded = time.perf_counter()

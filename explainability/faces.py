@@ -8,6 +8,7 @@ detectors hand the scored faces here once to be explained and drawn.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import cv2
 import numpy as np
@@ -42,12 +43,15 @@ def _window(faces: list[FaceResult], shape: tuple[int, int]) -> tuple[int, int, 
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
+@functools.lru_cache(maxsize=4)  # one per crop size: made for every face's regions and again for its overlay
 def _edge_taper(size: int, fraction: float = 0.12) -> np.ndarray:
     """1 inside, easing to 0 over the crop's outer band: the heatmap fades out instead of ending
     at the crop's square edge, which readers took for a box the model drew."""
     ramp = np.clip(np.minimum(np.arange(size), np.arange(size)[::-1]) / (fraction * size), 0, 1)
     ramp = 0.5 - 0.5 * np.cos(np.pi * ramp)
-    return np.outer(ramp, ramp).astype(np.float32)
+    taper = np.outer(ramp, ramp).astype(np.float32)
+    taper.flags.writeable = False  # shared by every caller
+    return taper
 
 
 def _cam_in_window(face: FaceResult, window: tuple[int, int, int, int]) -> np.ndarray:
@@ -101,28 +105,38 @@ def summarize_faces(faces: list[FaceResult], threshold: float) -> str:
     return summary
 
 
-def _scaled(face: FaceResult, scale: float) -> FaceResult:
-    """The face as drawn on the picture scaled by ``scale``: its map's placement and its boxes."""
+def scaled_face(face: FaceResult, scale: float) -> FaceResult:
+    """The face on the picture scaled by ``scale``: its box, landmarks, map placement and regions."""
     regions = [dataclasses.replace(r, box=tuple(v * scale for v in r.box)) for r in face.suspicious_regions]
-    return dataclasses.replace(face, crop_to_image=face.crop_to_image * scale, suspicious_regions=regions)
+    landmarks = None if face.landmarks is None else face.landmarks * scale
+    box = tuple(v * scale for v in face.box)
+    return dataclasses.replace(
+        face, box=box, landmarks=landmarks, crop_to_image=face.crop_to_image * scale, suspicious_regions=regions
+    )
 
 
 def render_overlay(
-    image: np.ndarray, faces: list[FaceResult], opacity: float = 0.45, show_regions: bool = True
+    image: np.ndarray,
+    faces: list[FaceResult],
+    opacity: float = 0.45,
+    show_regions: bool = True,
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The Grad-CAM heatmap of every face over the image, with suspicious-region boxes, at most
-    ``MAX_OVERLAY_PIXELS`` large (a bigger image is scaled down first)."""
-    height, width = image.shape[:2]
+    ``MAX_OVERLAY_PIXELS`` large (a bigger image is scaled down first). ``shape`` is the (height,
+    width) the faces' coordinates refer to when ``image`` is the picture decoded smaller."""
+    height, width = shape or image.shape[:2]
     scale = min(1.0, (MAX_OVERLAY_PIXELS / (height * width)) ** 0.5)
-    if scale < 1.0:
-        size = (max(1, int(width * scale)), max(1, int(height * scale)))  # rounded down: within the limit
-        picture = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        faces = [_scaled(f, size[0] / width) for f in faces]
-    else:
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))  # rounded down: within the limit
+    if size == (image.shape[1], image.shape[0]):
         picture = image.copy()
+    else:
+        picture = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if size != (width, height):
+        faces = [scaled_face(f, size[0] / width) for f in faces]
     explained = [f for f in faces if f.cam is not None]
     if explained:
-        x0, y0, x1, y1 = window = _window(explained, image.shape[:2])
+        x0, y0, x1, y1 = window = _window(explained, picture.shape[:2])
         merged = merge_cams([_cam_in_window(f, window) for f in explained], (y1 - y0, x1 - x0))
         picture[y0:y1, x0:x1] = overlay(picture[y0:y1, x0:x1], merged, opacity)
     regions = [r for f in faces for r in f.suspicious_regions]

@@ -1,5 +1,6 @@
 """Files with provenance, made at test time: a test CA and a C2PA signer (``cryptography`` and
-``c2pa-python``, offline), generator PNG text chunks, XMP packets, camera EXIF with GPS."""
+``c2pa-python``, offline), generator PNG text chunks, XMP packets, camera EXIF with GPS, MP4/MOV
+videos with container metadata (PyAV) and hand-built MP4 boxes."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import datetime
 import functools
 import io
 import json
+import struct
 from dataclasses import dataclass
+from fractions import Fraction
 
+import av
 import c2pa
 import numpy as np
 from cryptography import x509
@@ -161,3 +165,61 @@ def signed_ai_photo_with_gps(photo: bytes) -> bytes:
 
 
 LEAKED_COORDINATES = ("52.37", "4.89")  # how GPS_LATITUDE and the longitude would print in any output
+
+
+# --- videos -------------------------------------------------------------------------------------
+
+ISO6709 = "+37.7749-122.4194+010.000/"
+VIDEO_COORDINATES = ("37.77", "122.41")  # how ISO6709 would print in any output
+APPLE_METADATA = {  # as an iPhone writes them ('com.apple.quicktime.*' keys in moov/meta)
+    "com.apple.quicktime.make": "Apple",
+    "com.apple.quicktime.model": "iPhone 15 Pro",
+    "com.apple.quicktime.location.ISO6709": ISO6709,
+    "com.apple.quicktime.creationdate": "2024-05-01T10:00:00-0700",
+}
+
+
+def pyav_video(fmt: str = "mp4", metadata: dict[str, str] | None = None, *, metadata_tags: bool = False) -> bytes:
+    """Five 64x64 H.264 frames in an MP4 or MOV that PyAV (FFmpeg) writes, with ``metadata`` as
+    container metadata; ``metadata_tags``: every key written as is (``movflags use_metadata_tags``),
+    Apple's keys included, rather than only those the muxer maps to atoms of its own."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=fmt, options={"movflags": "use_metadata_tags"} if metadata_tags else {}) as out:
+        out.metadata.update(metadata or {})
+        stream = out.add_stream("libx264", rate=Fraction(10))
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():  # what the encoder still holds
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def box(kind: bytes, *body: bytes, large: bool = False) -> bytes:
+    """An ISO-BMFF box: its size (32-bit, or 64-bit with ``large``), its type, its body."""
+    content = b"".join(body)
+    if large:
+        return struct.pack(">I4sQ", 1, kind, 16 + len(content)) + content
+    return struct.pack(">I4s", 8 + len(content), kind) + content
+
+
+def text_atom(kind: bytes, text: str) -> bytes:
+    """A QuickTime user-data text atom ('\xa9mak' ...): length, language ('und'), UTF-8 text."""
+    encoded = text.encode()
+    return box(kind, struct.pack(">HH", len(encoded), 0x55C4), encoded)
+
+
+def movie_header(created: int, modified: int, duration_s: int = 10, *, version: int = 0) -> bytes:
+    """An 'mvhd' box: times in seconds since 1904 (0: unset), timescale 1000."""
+    if version == 1:
+        times = struct.pack(">QQIQ", created, modified, 1000, duration_s * 1000)
+    else:
+        times = struct.pack(">IIII", created, modified, 1000, duration_s * 1000)
+    return box(b"mvhd", bytes([version, 0, 0, 0]), times, bytes(80))
+
+
+def movie_file(*boxes: bytes, brand: bytes = b"isom") -> bytes:
+    """A hand-built MP4 (or MOV with brand b"qt  "): an 'ftyp' box, then ``boxes``."""
+    return box(b"ftyp", brand, bytes(4), brand) + b"".join(boxes)

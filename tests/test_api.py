@@ -352,6 +352,7 @@ class _BrokenEngine:
     """Fails inside an analysis with messages that name server paths."""
 
     model = SimpleNamespace(threshold=0.6, name="stub", version="0")
+    face_detector = SimpleNamespace(max_side=640)  # the image detector sizes its decode by it
     cam_available = False
 
     def __init__(self, error: Exception) -> None:

@@ -1,22 +1,33 @@
-"""``python -m deepfake detect|scan``: mixed folders, bad files skipped, the export schema, exit codes."""
+"""``python -m deepfake detect|scan``: mixed folders, bad files skipped, the export schema, exit codes;
+``scan --server`` against real servers (``python -m deepfake serve``)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
+import httpx
 import pytest
+from conftest import face_frames, make_clip
 from provenance_samples import LEAKED_COORDINATES, signed_ai_photo_with_gps, signer_keys
+from test_api import _start, _stop, _wait_ready
 
-from deepfake import ImageDeepfakeDetector
+from deepfake import ImageDeepfakeDetector, VideoDeepfakeDetector
 from deepfake.exports import history_csv
-from deepfake.interfaces.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, main
-from deepfake.interfaces.scanning import ScanOptions, find_files, scan_local
+from deepfake.interfaces.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, main
+from deepfake.interfaces.scanning import ScanOptions, find_files, history_row_of, scan_local
 from deepfake.results import HISTORY_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,3 +208,165 @@ def test_detect_prints_the_evidence_and_takes_trust_anchors(provenance_media, ra
     err = capsys.readouterr().err
     assert "trust-anchors file" in err and "Traceback" not in err
 
+
+
+# --- scan --server ------------------------------------------------------------------------------
+
+SERVER_KEYS = {"scan": "cli-scan-key", "other": "cli-other-key"}
+# Columns a server's row may differ in from a local scan's of the same file: when and how long.
+RUN_COLUMNS = {"analyzed_at", "duration_ms"}
+
+
+@pytest.fixture(scope="module")
+def servers(random_checkpoint, tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """An ordinary server, and a tight one: one worker, a queue of one, a token every 2 s and a burst of one."""
+    folder = tmp_path_factory.mktemp("scan-servers")
+    model, keys = ["--model", str(random_checkpoint)], ",".join(SERVER_KEYS.values())
+    started = [
+        _start([*model, "--workers", "2", "--rate", "0", "--data-dir", str(folder / "main")], keys, folder / "main.log"),
+        _start([*model, "--workers", "1", "--queue-size", "1", "--rate", "0.5", "--burst", "1", "--data-dir",
+                str(folder / "tight")], keys, folder / "tight.log"),
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300  # generous: on a busy machine importing torch alone can take a minute
+        for server in started:
+            _wait_ready(server, deadline)
+        yield SimpleNamespace(main=started[0], tight=started[1])
+    finally:
+        for server in started:
+            _stop(server)
+
+
+@pytest.fixture(scope="module")
+def long_clip(hopper_rgb, tmp_path_factory) -> Path:
+    """256 frames: analysing all of them keeps a server's worker busy for many seconds."""
+    frames = face_frames(hopper_rgb)
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    path.write_bytes(make_clip([frames[i % len(frames)] for i in range(256)], fps=10))
+    return path
+
+
+def _wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _busy(url: str) -> int:
+    return httpx.get(url + "/v1/health").json()["jobs_waiting_or_running"]
+
+
+def test_a_result_json_gives_the_row_its_object_gives(engine, hopper_path, synthetic_clip):
+    """The server's JSON makes the same export row as the result object it came from."""
+    photo = ImageDeepfakeDetector(engine=engine).detect(hopper_path, explain=False)
+    clip = VideoDeepfakeDetector(engine=engine).detect(synthetic_clip, num_frames=4, explain=False)
+    for result in (photo, clip):
+        assert history_row_of(json.loads(json.dumps(result.to_dict())), result.source) == result.history_row()
+
+
+def test_scan_through_a_server_gives_its_results_and_the_local_outputs(servers, scanned, media, tmp_path, capsys):
+    """One good photo, a clip, a corrupt JPEG (refused by the server), text named .jpg and a missing
+    file (refused here): the same rows, CSV, JSON, heatmap files and exit code as a local scan."""
+    url = servers.main.url
+    files = [str(media / n) for n in ("hopper.jpg", "broken.jpg", "nested/notes.jpg", "nested/clip.mp4", "gone.jpg")]
+    code = main(["scan", *files, "--server", url, "--api-key", SERVER_KEYS["scan"], "--workers", "2",
+                 "--num-frames", "8", "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json"),
+                 "--heatmaps", str(tmp_path / "heatmaps")])  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == EXIT_SOME_FAILED
+    assert "Scanned 5 files" in printed.out and f"server {url}, 2 workers" in printed.out and "Failed (3):" in printed.out
+    assert "5/5" in printed.err  # the progress bar
+    payload = json.loads((tmp_path / "r.json").read_text())
+    rows = payload["rows"]
+    assert [r["file_name"] for r in rows] == files
+    assert (tmp_path / "r.csv").read_bytes().decode() == history_csv(rows)
+    by_name = {Path(r["file_name"]).name: r for r in rows}
+    assert by_name["broken.jpg"]["verdict"] == "ERROR" and "truncated or corrupt" in by_name["broken.jpg"]["error"]
+    assert by_name["broken.jpg"]["media_type"] == "image" and by_name["broken.jpg"]["sha256"]
+    assert "not an image or a video" in by_name["notes.jpg"]["error"]
+    assert "File not found" in by_name["gone.jpg"]["error"]
+
+    local = {Path(r["file_name"]).name: r for r in scanned["json"]["rows"]}
+    for name in ("hopper.jpg", "clip.mp4", "broken.jpg"):  # the local scan ran with the same options
+        ours = {k: v for k, v in by_name[name].items() if k not in RUN_COLUMNS | {"error"}}
+        theirs = {k: v for k, v in local[name].items() if k not in RUN_COLUMNS | {"error"}}
+        assert ours == pytest.approx(theirs, abs=1e-5), name
+    # The results are the server's own JSON, kept as it sent them.
+    results = payload["results"]
+    assert [r["source"] for r in results] == ["hopper.jpg", "clip.mp4"]
+    for result in results:
+        served = httpx.get(f"{url}/v1/results/{result['id']}", headers={"X-API-Key": SERVER_KEYS["scan"]})
+        assert served.json() == result
+    # Every heatmap the results refer to was fetched, under the names a local scan gives them.
+    fetched = sorted(p.name for p in (tmp_path / "heatmaps").iterdir())
+    written = sorted(Path(r["heatmap_overlay_path"]).name for r in scanned["json"]["results"]
+                     if r["source"].endswith(("hopper.jpg", "clip.mp4")))  # fmt: skip
+    written += sorted(Path(f["heatmap_overlay_path"]).name for r in scanned["json"]["results"]
+                      if r["media_type"] == "video" for f in r["timeline"] if f["heatmap_overlay_path"])  # fmt: skip
+    assert fetched == sorted(set(written)) and len(fetched) == 1 + len(results[1]["suspicious_frames"])
+    assert all((tmp_path / "heatmaps" / n).read_bytes().startswith(b"\x89PNG") for n in fetched)
+
+
+def test_scan_through_a_server_waits_out_its_full_queue_and_rate_limit(servers, long_clip, media, capsys):
+    """Another key's long job fills the tight server's queue of one: the scan is answered 429 (its one
+    token went on the check of the key) and 503 with Retry-After, waits, and succeeds once the queue frees."""
+    server = servers.tight
+    other = {"X-API-Key": SERVER_KEYS["other"]}
+    long = httpx.post(server.url + "/v1/jobs", headers=other, timeout=60,
+                      files={"file": ("long.mp4", long_clip.read_bytes())}, data={"num_frames": "256"})  # fmt: skip
+    assert long.status_code == 202, long.text
+    outcome: dict = {}
+    args = ["scan", str(media / "hopper.jpg"), "--server", server.url, "--api-key", SERVER_KEYS["scan"], "-q"]
+    scan = threading.Thread(target=lambda: outcome.update(code=main(args)))
+    scan.start()
+    _wait_for(lambda: '"POST /v1/jobs HTTP/1.1" 503' in server.log.read_text(), 120, "the scan to find the queue full")
+    assert _wait_for(lambda: httpx.delete(f"{server.url}/v1/jobs/{long.json()['id']}", headers=other).status_code
+                     == 200, 30, "the long job to be cancelled")  # fmt: skip
+    scan.join(180)
+    assert outcome["code"] == EXIT_OK, capsys.readouterr()
+    assert "Scanned 1 file " in capsys.readouterr().out
+    log = server.log.read_text()
+    assert '"POST /v1/jobs HTTP/1.1" 429' in log and '"POST /v1/jobs HTTP/1.1" 202' in log
+
+
+def test_ctrl_c_cancels_the_jobs_the_scan_left_on_the_server(servers, long_clip):
+    """SIGINT to ``python -m deepfake scan --server``: exit 130 with one line, and the job is cancelled."""
+    url = servers.main.url
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPFAKE_API_KEY": SERVER_KEYS["scan"]}  # the key from the env
+    scan = subprocess.Popen([sys.executable, "-m", "deepfake", "scan", str(long_clip), "--server", url,
+                             "--num-frames", "256", "-q"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait_for(lambda: _busy(url) == 1, 120, "the scan's job")
+        scan.send_signal(signal.SIGINT)
+        _, err = scan.communicate(timeout=60)
+    finally:
+        scan.kill()
+    assert scan.returncode == EXIT_INTERRUPTED and err.strip().splitlines()[-1] == "interrupted", err
+    assert "Traceback" not in err
+    cancelled = re.findall(r'"DELETE /v1/jobs/(\S+) HTTP/1.1" 200', servers.main.log.read_text())
+    assert len(cancelled) == 1
+    job = httpx.get(f"{url}/v1/jobs/{cancelled[0]}", headers={"X-API-Key": SERVER_KEYS["scan"]}).json()
+    assert job["status"] == "cancelled"
+    _wait_for(lambda: _busy(url) == 0, 10, "the server's worker to be freed")
+
+
+def test_a_server_that_cannot_be_used_ends_the_scan_with_one_line(servers, media, capsys):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    photo = str(media / "hopper.jpg")
+    for args, message in (
+        (["--server", nobody, "--api-key", "k"], f"Cannot reach the server at {nobody}"),
+        (["--server", "host:8000"], "Cannot reach the server at host:8000: Request URL has an unsupported protocol"),
+        (["--server", "http://[::1"], "'http://[::1' is not a server's URL"),
+        (["--server", servers.main.url, "--api-key", "wrong"], "refused the API key: The API key is not valid."),
+        (["--server", servers.main.url, "--engine", "ray"], "--server cannot be combined with --engine ray"),
+        (["--server", servers.main.url, "--include-location"], "--server cannot be combined with --include-location"),
+    ):
+        assert main(["scan", photo, *args, "-q"]) == EXIT_UNUSABLE
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import pytest
 
@@ -205,6 +206,17 @@ def test_landmarks_in_crop_round_trip(hopper_rgb, hopper_faces):
     assert ((in_crop > 0) & (in_crop < 224)).all()
     back = np.c_[in_crop, np.ones(5)] @ crop.crop_to_image.T
     np.testing.assert_allclose(back, face.landmarks, atol=1e-3)
+
+
+def test_a_face_found_on_a_halved_picture_maps_back_to_the_whole_one(detector, hopper_rgb):
+    canvas = np.full((1920, 2560, 3), 90, np.uint8)  # both sizes are searched at 640x480
+    canvas[300:1500, 900:1924] = cv2.resize(hopper_rgb, (1024, 1200), interpolation=cv2.INTER_CUBIC)
+    whole = detector.detect(canvas)[0]
+    half = detector.detect(cv2.resize(canvas, (1280, 960), interpolation=cv2.INTER_AREA))[0]
+    mapped = half.scaled(2.0)
+    assert _iou(mapped.box, whole.box) > 0.97 and mapped.score == half.score
+    np.testing.assert_allclose(mapped.landmarks, whole.landmarks, atol=4)
+    np.testing.assert_array_equal(mapped.landmarks, half.landmarks * 2)
 
 
 def test_whole_image_box():

@@ -19,7 +19,8 @@ import pytest
 from conftest import face_frames, make_clip
 from test_api import Server, _start, _stop, _wait_ready, assert_error, upload
 
-from deepfake.interfaces.api import ApiSettings, create_app, hash_key
+from deepfake.interfaces.api import ApiSettings, ByteBudget, create_app, hash_key
+from deepfake.interfaces.jobs import Job, JobStore, Retention
 
 KEYS = {"a": "jobs-key-a", "b": "jobs-key-b"}
 LONG_FRAMES = 256  # the most a request may ask for: keeps the single worker busy for many seconds
@@ -125,6 +126,7 @@ class _BlockingEngine:
     """Holds the only worker inside an analysis until released, with flat memory."""
 
     model = SimpleNamespace(threshold=0.6, name="stub", version="0")
+    face_detector = SimpleNamespace(max_side=640)  # the image detector sizes its decode by it
     cam_available = False
 
     def __init__(self) -> None:
@@ -176,6 +178,46 @@ def test_full_queues_answer_503_and_waiting_uploads_are_not_held_in_memory(hoppe
     asyncio.run(scenario())
 
 
+def test_large_uploads_take_turns_within_the_analysis_budget():
+    """Regression: four 150 MiB uploads analysed at once took the server to base + 2.2 GB (reading
+    content credentials copies a file several times); the byte budget makes large files take turns."""
+    budget = ByteBudget(300)
+    started: list[str] = []
+    done = {name: asyncio.Event() for name in ("a", "b", "c", "huge", "small")}
+
+    async def analysis(name: str, size: int) -> None:
+        async with budget.held(size):
+            started.append(name)
+            await done[name].wait()
+
+    async def settle() -> None:  # every task that can go on has gone on
+        await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(analysis(name, size)) for name, size in (("a", 150), ("b", 150), ("c", 150),
+                                                                               ("huge", 500))]  # fmt: skip
+        await settle()
+        assert started == ["a", "b"] and budget.used == 300  # the third large file waits for a turn
+        done["a"].set()
+        await settle()
+        assert started == ["a", "b", "c"]
+        done["b"].set()
+        done["c"].set()
+        await settle()
+        assert started[-1] == "huge" and budget.used == 500  # over the budget: alone
+        tasks.append(asyncio.create_task(analysis("small", 1)))
+        await settle()
+        assert "small" not in started
+        done["huge"].set()
+        await settle()
+        assert started[-1] == "small"
+        done["small"].set()
+        await asyncio.gather(*tasks)
+        assert budget.used == 0
+
+    asyncio.run(scenario())
+
+
 def test_media_types_are_case_insensitive(server, hopper_jpeg_bytes):
     request = httpx.Request("POST", server.server.url + "/v1/detect/image", headers=key("a"),
                             files={"file": ("h.jpg", hopper_jpeg_bytes)})  # fmt: skip
@@ -185,12 +227,60 @@ def test_media_types_are_case_insensitive(server, hopper_jpeg_bytes):
     assert response.status_code == 200, response.text
 
 
-def test_video_results_keep_only_the_heatmap_they_serve(server, synthetic_clip):
-    response = httpx.post(server.server.url + "/v1/detect/video", headers=key("b"), timeout=120,
+def test_a_video_result_serves_every_heatmap_it_keeps(server, synthetic_clip):
+    """Regression: three frame overlays were kept per video result but only one could be fetched."""
+    url = server.server.url
+    response = httpx.post(url + "/v1/detect/video", headers=key("b"), timeout=120,
                           **upload(synthetic_clip, "clip.mp4", num_frames=8))  # fmt: skip
     assert response.status_code == 200, response.text
-    kept = list((server.data / "jobs" / response.json()["id"]).iterdir())
-    assert len(kept) == 1 and kept[0].suffix == ".png"  # not the upload, not the other frames' overlays
+    body = response.json()
+    frame_urls = {f["index"]: f["heatmap_url"] for f in body["timeline"] if f["heatmap_url"]}
+    assert sorted(frame_urls) == sorted(body["suspicious_frames"]) and len(frame_urls) == 3
+    assert all(f["heatmap_url"] is None for f in body["timeline"] if f["index"] not in frame_urls)
+    fetched = {}
+    for index, frame_url in frame_urls.items():
+        assert frame_url == f"/v1/results/{body['id']}/frames/{index}/heatmap.png"
+        png = httpx.get(url + frame_url, headers=key("b"))
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png", png.text
+        fetched[index] = png.content
+    # The video's heatmap is its most suspicious frame's; nothing else is kept (not the upload).
+    assert httpx.get(url + body["heatmap_url"], headers=key("b")).content == fetched[body["suspicious_frames"][0]]
+    kept = sorted(p.read_bytes() for p in (server.data / "jobs" / body["id"]).iterdir())
+    assert kept == sorted(fetched.values())
+    # Another key, and a frame without a heatmap, get nothing.
+    assert_error(httpx.get(url + frame_urls[body["suspicious_frames"][0]], headers=key("a")), 404, "result_not_found")
+    plain = next(f["index"] for f in body["timeline"] if f["index"] not in frame_urls)
+    assert_error(httpx.get(f"{url}/v1/results/{body['id']}/frames/{plain}/heatmap.png", headers=key("b")),
+                 404, "no_heatmap")  # fmt: skip
+    spec = httpx.get(url + "/openapi.json").json()["paths"]
+    assert "image/png" in spec["/v1/results/{result_id}/frames/{frame_index}/heatmap.png"]["get"]["responses"]["200"]["content"]
+
+
+def test_retention_deletes_every_kept_heatmap(tmp_path):
+    """A finished job keeps the heatmaps its result serves, counts all their bytes, and expiry removes them all."""
+    now = [1000.0]
+    store = JobStore(tmp_path, Retention(ttl_s=60, max_items=10, max_bytes=10_000), clock=lambda: now[0])
+    folders = []
+    for job_id in ("old", "new"):
+        store.add(Job(job_id, "owner", "video", "clip.mp4", {}, "queued", now[0], now[0]))
+        folder = store.folder(job_id)
+        folder.mkdir()
+        store.upload_path(job_id).write_bytes(b"upload")
+        frames = [folder / f"frame{i:06d}.png" for i in (3, 7, 12)]
+        for path in frames:
+            path.write_bytes(b"png" * 1000)
+        (folder / "frame000001.png").write_bytes(b"an overlay the result does not name")
+        assert store.finish(job_id, "done", result={}, overlay=frames[1], served=frames)
+        assert sorted(p.name for p in folder.iterdir()) == [p.name for p in frames]  # the upload and the stray went
+        job = store.get(job_id)
+        assert job.overlay == frames[1].name and job.bytes == 9000
+        folders.append(folder)
+        now[0] += 30
+    assert store.expire() == 1  # 18,000 bytes kept in all: over the limit, so the older job goes, every file of it
+    assert not folders[0].exists() and len(list(folders[1].iterdir())) == 3
+    now[0] += 60
+    assert store.expire() == 1 and not folders[1].exists()  # and by age
+    store.close()
 
 
 def test_docs_load_without_the_network(server):

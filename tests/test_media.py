@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake.media import load_image, read_media, sniff_kind
+from deepfake.media import decode_image, jpeg_quality, load_image, read_media, scale_factor, sniff_kind
 
 
 def _encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -135,3 +135,52 @@ def test_read_media_classifies_by_content_not_name(synthetic_clip, hopper_jpeg_b
     media = read_media(synthetic_clip, name="holiday.jpg")
     assert media.kind == "video" and media.name == "holiday.jpg" and len(media.sha256) == 64
     assert read_media(hopper_jpeg_bytes).kind == "image"
+
+
+def test_scale_factor_is_the_coarsest_dct_scale_that_still_holds_enough_pixels():
+    assert scale_factor(4000, 3000, min_pixels=1920 * 1080) == 2  # 3 MP holds a full-HD overlay, 0.75 MP does not
+    assert scale_factor(924, 1083, min_pixels=1920 * 1080) == 1  # smaller than asked for: kept whole
+    assert scale_factor(8000, 8000, min_pixels=100) == 8  # libjpeg decodes no coarser than 1/8
+    assert scale_factor(4000, 3000) == 1 and scale_factor(4000, 3000, max_pixels=12_000_000) == 1
+    assert scale_factor(6600, 6000, max_pixels=12_000_000) == 2  # halved, to 9.9 MP
+    assert scale_factor(6600, 6000, min_pixels=10_000_000, max_pixels=12_000_000) == 2  # the cap wins
+
+
+def _textured(width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
+    return Image.fromarray(noise).resize((width, height), Image.BICUBIC)
+
+
+def test_a_jpeg_is_decoded_at_the_coarsest_scale_that_is_large_enough():
+    picture = _textured(1601, 1203)  # odd sizes: the decoder rounds a reduced size up
+    data = _encode(picture, "JPEG", quality=83)
+    decoded = decode_image(data, "big.jpg", min_pixels=400_000)
+    assert (decoded.width, decoded.height, decoded.factor) == (1601, 1203, 2)
+    assert decoded.pixels.shape == (602, 801, 3)  # libjpeg's 1/2 scale; 0.48 MP >= 0.4 MP, and 1/4 would be 0.12 MP
+    full = load_image(data)
+    halved = np.asarray(Image.fromarray(full).reduce(2), dtype=np.int16)
+    assert np.abs(decoded.pixels[:601, :800].astype(np.int16) - halved[:601, :800]).mean() < 3  # the same picture
+    assert decoded.jpeg_quality == jpeg_quality(data) == 83  # read from the header decode_image parsed anyway
+    assert decode_image(data, "big.jpg").factor == 1  # nothing asked: full size
+
+
+def test_a_reduced_decode_is_turned_upright_with_the_picture_size_swapped():
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored on its side
+    data = _encode(_textured(1600, 1200), "JPEG", exif=exif)
+    decoded = decode_image(data, "turned.jpg", min_pixels=400_000)
+    assert (decoded.width, decoded.height, decoded.factor) == (1200, 1600, 2)
+    assert decoded.pixels.shape == (800, 600, 3)
+    full = load_image(data)
+    assert np.abs(decoded.pixels.astype(np.int16) - np.asarray(Image.fromarray(full).reduce(2), np.int16)).mean() < 3
+
+
+def test_other_formats_are_decoded_whole_and_only_reduced_past_the_work_size():
+    data = _encode(_textured(1601, 1203), "PNG")
+    assert decode_image(data, "big.png", min_pixels=400_000).factor == 1  # no cheap reduced decode: kept whole
+    capped = decode_image(data, "big.png", work_pixels=1_000_000)
+    assert (capped.width, capped.height, capped.factor) == (1601, 1203, 2)
+    assert capped.pixels.shape == (601, 800, 3) and capped.jpeg_quality is None

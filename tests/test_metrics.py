@@ -61,6 +61,15 @@ def test_ece():
     assert metrics.expected_calibration_error([0, 1] * 50, [0.9] * 100) == pytest.approx(0.4)
 
 
+def test_ece_at_a_prior_weights_the_classes_to_that_base_rate():
+    # Everything at 0.25 on a balanced set: off by 0.25; at a 1-in-4 base rate it is exactly right.
+    labels, scores = [0, 1] * 50, [0.25] * 100
+    assert metrics.expected_calibration_error(labels, scores) == pytest.approx(0.25)
+    assert metrics.expected_calibration_error(labels, scores, prior=0.25) == pytest.approx(0.0)
+    # One class only: the prior cannot apply, the plain ECE is returned.
+    assert metrics.expected_calibration_error([0] * 10, [0.2] * 10, prior=0.25) == pytest.approx(0.2)
+
+
 def test_threshold_sweep_finds_the_separating_threshold():
     # Reals below 0.4, fakes at or above 0.7: any threshold in (0.4, 0.7] is perfect, and the sweep
     # breaks ties towards 0.5.

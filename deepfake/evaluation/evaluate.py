@@ -38,6 +38,7 @@ from deepfake.detector import ImageDeepfakeDetector
 from deepfake.engine import DetectionEngine
 from deepfake.errors import DeepfakeError
 from deepfake.evaluation.metrics import (
+    expected_calibration_error,
     precision_recall_curve,
     reliability,
     roc_auc,
@@ -46,6 +47,7 @@ from deepfake.evaluation.metrics import (
     threshold_sweep,
 )
 from deepfake.faces import limit_detail
+from deepfake.loading import DEFAULT_MODEL_PATH
 from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, load_image
 from deepfake.results import deciding_face
 from deepfake.training.augment import frame_crop
@@ -317,9 +319,11 @@ def _against_reals(units: list[Unit], kind: str) -> np.ndarray:
     return np.array([u.kind == kind or (u.label == 0 and u.population == population) for u in units])
 
 
-def kind_report(units: list[Unit], scored: dict[str, Scored], threshold: float, heads: tuple[str, ...]) -> dict:
+def kind_report(units: list[Unit], scored: dict[str, Scored], threshold: float, heads: tuple[str, ...],
+                prior: float | None = None) -> dict:  # fmt: skip
     """Per kind: its fakes against its reals, as given and compression matched (summaries include
-    ECE); for two-head models each head's AUC."""
+    ECE, and with ``prior`` also the ECE at the base rate the model was calibrated for); for
+    two-head models each head's AUC."""
     labels = np.array([u.label for u in units])
     out = {}
     for kind in fake_kinds(units):
@@ -328,6 +332,9 @@ def kind_report(units: list[Unit], scored: dict[str, Scored], threshold: float, 
                        "n_fake": int(labels[mask].sum())}  # fmt: skip
         for key, condition in (("as_given", AS_GIVEN), ("matched", MATCHED)):
             entry[key] = summarize(labels[mask], scored[condition].fake[mask], threshold)
+            if prior is not None:
+                entry[key]["ece_at_prior"] = expected_calibration_error(labels[mask], scored[condition].fake[mask],
+                                                                        prior=prior)  # fmt: skip
         if heads:
             entry["heads"] = {head: {key: _auc(labels[mask], scored[condition].heads[mask, h])
                                      for key, condition in (("as_given", AS_GIVEN), ("matched", MATCHED))}
@@ -421,6 +428,15 @@ def _left_out_in_training(engine: DetectionEngine, path: str, kind: str) -> bool
         return None
     leave_out = torch.load(path, map_location="cpu", weights_only=True).get("train_config", {}).get("leave_out")
     return None if leave_out is None else kind in {k.removeprefix("fake:") for k in leave_out}
+
+
+def _calibration_prior(path: str | Path) -> float | None:
+    """The fake base rate the checkpoint's FAKE probability was calibrated for (None: not recorded)."""
+    try:
+        prior = torch.load(path, map_location="cpu", weights_only=True).get("train_config", {}).get("fake_prior")
+    except (OSError, RuntimeError):
+        return None
+    return float(prior) if prior is not None else None
 
 
 def loko_report(models: dict[str, str], units: list[Unit], maker: Maker, kinds: dict) -> dict:
@@ -569,7 +585,8 @@ def evaluate(config: EvalConfig) -> dict:
     file_units = [u for u in units if u.population == "files"]
     labels, scores = np.array([u.label for u in file_units]), scored[AS_GIVEN].fake[files_mask]
     made_mask = ~files_mask
-    kinds = kind_report(units, scored, threshold, heads)
+    prior = _calibration_prior(config.model or DEFAULT_MODEL_PATH)
+    kinds = kind_report(units, scored, threshold, heads, prior)
 
     mark = time.perf_counter()
     authentic = authentic_report(engine, cache, threshold, config.photos, config.videos)
@@ -662,12 +679,14 @@ def _kind_lines(report: dict) -> list[str]:
                    "AUC matched": k["matched"]["auc"], "caught as given": k["as_given"]["recall"],
                    "caught matched": k["matched"]["recall"], "false alarms": k["as_given"]["fpr"],
                    "ECE as given": k["as_given"]["ece"], "ECE matched": k["matched"]["ece"]}
+            | ({"ECE at prior": k["as_given"]["ece_at_prior"]} if "ece_at_prior" in k["as_given"] else {})
             for kind, k in kinds.items()}  # fmt: skip
     lines = ["## Per kind of fake", "",
              "Each kind against its reals (fake folders: every held-out real file; made kinds: the real crops they "
              f"were made from), as given and compression matched. *Caught*: share of the kind's fakes at or above "
              f"{report['protocol']['threshold']:.2f}; *false alarms*: share of its reals above it; ECE: calibration "
-             "error of P(fake) on that mix.", "", _table(rows, tuple(next(iter(rows.values()), {})))]  # fmt: skip
+             "error of P(fake) on that mix; *ECE at prior* (as given): the same with fakes weighted to the base rate "
+             "the model is calibrated for (its `fake_prior`), the error a user sees on a stream with that rate.", "", _table(rows, tuple(next(iter(rows.values()), {})))]  # fmt: skip
     heads = report["model"].get("heads", [])
     if len(heads) > 1:
         head_rows = {kind: {f"{h} {key.replace('_', ' ')}": k["heads"][h][key] for h in heads

@@ -64,16 +64,24 @@ def equal_error_rate(labels, scores) -> tuple[float, float]:
     return float((fpr[i] + fnr[i]) / 2), float(min(thresholds[i], 1.0))
 
 
-def expected_calibration_error(labels, scores, bins: int = 15) -> float:
-    """ECE over equal-width bins of the predicted fake probability."""
+def expected_calibration_error(labels, scores, bins: int = 15, prior: float | None = None) -> float:
+    """ECE over equal-width bins of the predicted fake probability. With ``prior``, samples are
+    weighted so that fakes make up that share of the total: the error a user sees on a stream with
+    that base rate, whatever the mix of the evaluation set."""
     labels, scores = _check(labels, scores)
+    weights = np.ones(labels.size)
+    if prior is not None and 0 < labels.sum() < labels.size:
+        weights = np.where(labels == 1, prior / labels.sum(), (1 - prior) / (labels.size - labels.sum()))
+    weights = weights / weights.sum()
     edges = np.linspace(0, 1, bins + 1)
     index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
     ece = 0.0
     for b in range(bins):
         inside = index == b
-        if inside.any():
-            ece += inside.mean() * abs(labels[inside].mean() - scores[inside].mean())
+        mass = weights[inside].sum()
+        if mass > 0:
+            w = weights[inside] / mass
+            ece += mass * abs(float(w @ labels[inside]) - float(w @ scores[inside]))
     return float(ece)
 
 

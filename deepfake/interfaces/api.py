@@ -55,7 +55,7 @@ from deepfake.errors import (
 from deepfake.interfaces.jobs import Job, JobStore, Retention
 from deepfake.media import read_media
 from deepfake.provenance.settings import ProvenanceSettings
-from deepfake.results import AnalysisResult
+from deepfake.results import AnalysisResult, VideoResult
 from deepfake.video import VideoDeepfakeDetector
 
 log = logging.getLogger("deepfake.interfaces.api")
@@ -87,6 +87,10 @@ class ApiSettings:
     # with Retry-After before its body is read. A waiting upload is on disk, not in memory.
     queue_size: int = 32
     key_queue: int = 8
+    # Bytes of uploads under analysis at once. An analysis holds about four times its file in memory
+    # (the bytes, and the copies made reading content credentials), so large files take turns
+    # instead of adding up; a file larger than this is analysed alone.
+    analysis_bytes: int = 300 * 2**20
     # Where jobs, results and heatmaps are kept (SQLite + files); None: a temporary folder removed
     # at shutdown (``serve`` defaults to the user's data folder, see jobs.default_data_dir).
     data_dir: Path | None = None
@@ -282,6 +286,13 @@ def _copy_to(source: BinaryIO, path: Path) -> None:
         shutil.copyfileobj(source, target, 2**20)
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # lost (the job then fails as such)
+        return 0
+
+
 def _head(path: Path, size: int = 512) -> bytes:
     with path.open("rb") as file:
         return file.read(size)
@@ -366,6 +377,27 @@ class Admission:
             self.mean_s = 0.8 * self.mean_s + 0.2 * took_s
 
 
+class ByteBudget:
+    """At most ``limit`` bytes taken at once; a request for more waits until nothing is taken.
+    Used from the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def held(self, size: int) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= size
+                self._changed.notify_all()
+
+
 # --- the app ------------------------------------------------------------------------------------
 
 
@@ -383,6 +415,7 @@ class _State:
     store: JobStore
     queue: asyncio.Queue[str]
     admission: Admission
+    budget: ByteBudget  # bytes of uploads under analysis
     cancels: dict[str, threading.Event] = field(default_factory=dict)  # jobs queued or running
     waiters: dict[str, _Waiter] = field(default_factory=dict)
     progress: dict[str, tuple[float, str]] = field(default_factory=dict)  # written from worker threads
@@ -402,7 +435,8 @@ def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngi
         store = JobStore(root, Retention(settings.result_ttl_s, settings.max_results, settings.max_store_bytes))
         s = _State(engine, ImageDeepfakeDetector(engine=engine, provenance=settings.provenance),
                    VideoDeepfakeDetector(engine=engine, provenance=settings.provenance), store, asyncio.Queue(),
-                   Admission(settings.queue_size, settings.key_queue, settings.workers))  # fmt: skip
+                   Admission(settings.queue_size, settings.key_queue, settings.workers),
+                   ByteBudget(settings.analysis_bytes))  # fmt: skip
         state["s"] = s
         await run_in_threadpool(store.expire)
         for job in store.active():  # what a stop interrupted starts again, in the order it came
@@ -437,35 +471,40 @@ def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngi
     async def _worker(s: _State) -> None:
         while True:
             job_id = await s.queue.get()
-            job = s.store.get(job_id)
-            if job is None or not s.store.set_status(job_id, "running", only_if=("queued",)):
-                _untrack(s, job_id, job.owner if job else None, None)  # cancelled while it waited
-                continue
-            s.waiters[job_id].started.set()
-            started = time.monotonic()
-            try:
-                body, overlay = await run_in_threadpool(_analyse, s, job, s.cancels[job_id])
-                s.store.finish(job_id, "done", result=body, overlay=overlay)
-            except AnalysisCancelled:
-                if s.stopping:
-                    raise asyncio.CancelledError from None  # left "running": the next start resumes it
-            except DeepfakeError as exc:
-                status = status_for(exc)
-                if status >= 500:
-                    log.error("engine error %s: %s", exc.code, exc.message)  # the message may name server paths
-                    detail = "The model is not available; the error was logged on the server."
-                else:
-                    detail = exc.message
-                s.store.finish(job_id, "failed", error=_job_error(status, exc.code, detail))
-            except Exception:
-                log.exception("job %s failed", job_id)
-                s.store.finish(job_id, "failed", error=_job_error(
-                    500, "internal_error", "The server failed to analyse the file; the error was logged."))  # fmt: skip
-            ended = s.store.get(job_id)
-            if ended is None or ended.status != "done":  # cancelled while it ran, or failed: nothing to serve
-                s.store.drop_files(job_id)
-            _untrack(s, job_id, job.owner, time.monotonic() - started)
-            await run_in_threadpool(s.store.expire)
+            async with s.budget.held(_size(s.store.upload_path(job_id))):  # waits as "queued"
+                await _run(s, job_id)
+
+    async def _run(s: _State, job_id: str) -> None:
+        """Analyse one job from the queue and record how it ended."""
+        job = s.store.get(job_id)
+        if job is None or not s.store.set_status(job_id, "running", only_if=("queued",)):
+            _untrack(s, job_id, job.owner if job else None, None)  # cancelled while it waited
+            return
+        s.waiters[job_id].started.set()
+        started = time.monotonic()
+        try:
+            body, overlay, frames = await run_in_threadpool(_analyse, s, job, s.cancels[job_id])
+            s.store.finish(job_id, "done", result=body, overlay=overlay, served=frames)
+        except AnalysisCancelled:
+            if s.stopping:
+                raise asyncio.CancelledError from None  # left "running": the next start resumes it
+        except DeepfakeError as exc:
+            status = status_for(exc)
+            if status >= 500:
+                log.error("engine error %s: %s", exc.code, exc.message)  # the message may name server paths
+                detail = "The model is not available; the error was logged on the server."
+            else:
+                detail = exc.message
+            s.store.finish(job_id, "failed", error=_job_error(status, exc.code, detail))
+        except Exception:
+            log.exception("job %s failed", job_id)
+            s.store.finish(job_id, "failed", error=_job_error(
+                500, "internal_error", "The server failed to analyse the file; the error was logged."))  # fmt: skip
+        ended = s.store.get(job_id)
+        if ended is None or ended.status != "done":  # cancelled while it ran, or failed: nothing to serve
+            s.store.drop_files(job_id)
+        _untrack(s, job_id, job.owner, time.monotonic() - started)
+        await run_in_threadpool(s.store.expire)
 
     def _untrack(s: _State, job_id: str, owner: str | None, took_s: float | None) -> None:
         s.cancels.pop(job_id, None)
@@ -477,8 +516,9 @@ def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngi
         if owner is not None:
             s.admission.leave(owner, took_s)
 
-    def _analyse(s: _State, job: Job, cancel: threading.Event) -> tuple[dict, Path | None]:
-        """One job's analysis, in a worker thread; stops at the next checkpoint once cancelled."""
+    def _analyse(s: _State, job: Job, cancel: threading.Event) -> tuple[dict, Path | None, list[Path]]:
+        """One job's analysis, in a worker thread; stops at the next checkpoint once cancelled.
+        The result's body, its heatmap, and (for a video) its frames' heatmaps."""
 
         def progress(fraction: float, stage: str) -> None:
             if cancel.is_set():
@@ -497,7 +537,18 @@ def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngi
         overlay = Path(result.heatmap_overlay_path) if result.heatmap_overlay_path else None
         body = {"id": job.id, **public_dict(result)}
         body["heatmap_url"] = f"/v1/results/{job.id}/heatmap.png" if overlay else None
-        return body, overlay
+        frames: list[Path] = []
+        # Every frame overlay the detector wrote is served (none is kept unreachable), so each is
+        # moved to the name the frame route looks for; the video's heatmap is one of them.
+        for frame, entry in zip(result.timeline if isinstance(result, VideoResult) else [], body.get("timeline", [])):
+            entry["heatmap_url"] = None
+            if frame.heatmap_overlay_path:
+                served = Path(frame.heatmap_overlay_path).replace(folder / frame_heatmap(frame.index))
+                if frame.heatmap_overlay_path == result.heatmap_overlay_path:
+                    overlay = served
+                frames.append(served)
+                entry["heatmap_url"] = f"/v1/results/{job.id}/frames/{frame.index}/heatmap.png"
+        return body, overlay, frames
 
     async def submit(request: Request, owner: str, kind: str | None) -> Job:
         """Admit, store the upload on disk, check it is media of the right kind, and queue it."""
@@ -591,7 +642,8 @@ def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngi
     @app.post("/v1/detect/video", openapi_extra=_upload_doc("video"), tags=["detect"],
               responses={c: ERROR_SCHEMA for c in (413, 415, 422, 503, 504)})  # fmt: skip
     async def detect_video(request: Request, owner: str = Security(authorised)) -> JSONResponse:
-        """Analyse a video from ``num_frames`` evenly sampled frames: verdict, timeline, heatmap of the worst frame."""
+        """Analyse a video from ``num_frames`` evenly sampled frames: verdict, timeline, heatmaps of the most
+        suspicious frames (`heatmap_url`: the worst; each `timeline` entry's `heatmap_url`: its own, or null)."""
         return await analyse(request, owner, "video")
 
     @app.post("/v1/jobs", status_code=202, openapi_extra=_upload_doc("image or video"), tags=["jobs"],
@@ -631,6 +683,18 @@ def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngi
         path = state["s"].store.folder(job.id) / job.overlay if job.overlay else None
         if path is None or not path.is_file():
             raise ApiError(404, "no_heatmap", "This result has no heatmap (it was analysed with explain=false).")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/v1/results/{result_id}/frames/{frame_index}/heatmap.png", tags=["results"],
+             response_class=FileResponse, responses={200: {"content": {"image/png": {}}}, 404: ERROR_SCHEMA})  # fmt: skip
+    async def frame_heatmap_png(result_id: str, frame_index: int, owner: str = Security(authorised)) -> FileResponse:
+        """The Grad-CAM overlay of one of a video's most suspicious frames: the frames whose `timeline`
+        entry has a `heatmap_url` (`frame_index` is the entry's `index`, as in `suspicious_frames`)."""
+        job = _result(result_id, owner)
+        path = state["s"].store.folder(job.id) / frame_heatmap(frame_index)
+        if not path.is_file():
+            raise ApiError(404, "no_heatmap", "This frame has no heatmap: only a video's most suspicious frames "
+                           "have one, and only when analysed with explain=true.")  # fmt: skip
         return FileResponse(path, media_type="image/png")
 
     def _job(job_id: str, owner: str) -> Job:
@@ -712,6 +776,11 @@ def create_app(settings: ApiSettings, engine_factory: Callable[[], DetectionEngi
         return _error(500, "internal_error", "The server failed to handle the request; the error was logged.")
 
     return app
+
+
+def frame_heatmap(index: int) -> str:
+    """The file name of a video frame's heatmap in its job's folder."""
+    return f"frame{index:06d}.png"
 
 
 def _job_error(status: int, code: str, detail: str) -> dict:

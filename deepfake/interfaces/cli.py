@@ -1,8 +1,10 @@
 """Command line: ``python -m deepfake {detect,scan,serve,dashboard,train,evaluate} ...``.
 
-``scan`` analyses folders of images and videos with one shared engine and writes the export
-schema the dashboard uses (CSV and JSON); one bad file is reported and skipped. Exit codes:
-0 all files read, 1 some failed, 2 nothing could be done (bad arguments, no model, no files).
+``scan`` analyses folders of images and videos with one shared engine, on a Ray cluster, or through
+a running API server (``--server``), and writes the export schema the dashboard uses (CSV and
+JSON); one bad file is reported and skipped. Exit codes: 0 all files read, 1 some failed, 2 nothing
+could be done (bad arguments, no model, no files, a server that cannot be reached or refuses the
+key), 130 stopped with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from tqdm import tqdm
 from deepfake import DetectionEngine, ImageDeepfakeDetector, VideoDeepfakeDetector
 from deepfake.errors import ModelError, TrustAnchorsError
 from deepfake.exports import CsvStream, history_json
-from deepfake.interfaces.scanning import Outcome, ScanOptions, analyse_file, find_files, scan_local
+from deepfake.interfaces.scanning import (
+    API_KEY_ENV,
+    Outcome,
+    RemoteScan,
+    ScanOptions,
+    ServerError,
+    analyse_file,
+    find_files,
+    scan_local,
+)
 from deepfake.loading import MODEL_ENV
 from deepfake.provenance.findings import Finding, heading
 from deepfake.provenance.settings import TRUST_ANCHORS_ENV, ProvenanceSettings
@@ -34,7 +45,7 @@ log = logging.getLogger("deepfake.interfaces.cli")
 # Face detection runs outside the engine's lock, so while one thread finds faces another scores:
 # two threads scan 1.7x as fast as one on 2 cores (reports/BENCHMARKS.md).
 LOCAL_WORKERS = 2
-EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -109,29 +120,48 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _local_only(args: argparse.Namespace) -> list[str]:
+    """The flags given that set up a local engine: with --server the server's own settings apply,
+    so accepting them would mislead (the env defaults of --model and --trust-anchors are ignored)."""
+    given = {"--engine ray": args.engine == "ray", "--address": args.address is not None,
+             "--model": args.model != os.environ.get(MODEL_ENV), "--device": args.device is not None,
+             "--trust-pickle": args.trust_pickle, "--include-location": args.include_location,
+             "--trust-anchors": args.trust_anchors != os.environ.get(TRUST_ANCHORS_ENV)}  # fmt: skip
+    return [flag for flag, on in given.items() if on]
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    conflicts = _local_only(args) if args.server else []
+    if conflicts:
+        print(f"error: --server cannot be combined with {', '.join(conflicts)}: the server's model and settings "
+              "are used", file=sys.stderr)  # fmt: skip
+        return EXIT_UNUSABLE
     files = find_files(args.paths, args.recursive)
     if not files:
         print("error: no images or videos found" + ("" if args.recursive else " (subfolders need --recursive)"),
               file=sys.stderr)  # fmt: skip
         return EXIT_UNUSABLE
-    options = ScanOptions(args.threshold, bool(args.heatmaps), args.heatmaps, args.num_frames, _provenance(args))
+    provenance = None if args.server else _provenance(args)  # the server reads provenance with its own settings
+    options = ScanOptions(args.threshold, bool(args.heatmaps), args.heatmaps, args.num_frames, provenance)
+    workers = args.workers or LOCAL_WORKERS
     with ExitStack() as stack:
         csv_stream = CsvStream(stack.enter_context(open(args.csv, "w", newline=""))) if args.csv else None
-        if args.engine == "ray":
+        if args.server:
+            where = f"server {args.server}"
+            outcomes = stack.enter_context(RemoteScan(args.server, args.api_key, options, workers)).run(files)
+        elif args.engine == "ray":
             from deepfake.interfaces.scale import RayScan  # Ray is imported only when asked for
 
             ray_scan = stack.enter_context(RayScan(args.model, options, workers=args.workers, address=args.address,
                                                    device=args.device, trust_pickle=args.trust_pickle))  # fmt: skip
-            workers, outcomes = ray_scan.workers, ray_scan.run(files)
+            where, workers, outcomes = "ray", ray_scan.workers, ray_scan.run(files)
         else:
-            workers = args.workers or LOCAL_WORKERS
-            outcomes = scan_local(files, _load_engine(args), options, workers)
+            where, outcomes = "threads", scan_local(files, _load_engine(args), options, workers)
         rows, results = collect(outcomes, len(files), csv_stream, progress=not args.quiet)
     if args.json:
         Path(args.json).write_text(history_json(rows, results))
-    print(summary_table(rows, time.perf_counter() - started, workers, "ray" if args.engine == "ray" else "threads"))
+    print(summary_table(rows, time.perf_counter() - started, workers, where))
     written = [p for p in (args.csv, args.json) if p]
     if written:
         print("\nWrote " + ", ".join(written) + (f"; heatmaps in {args.heatmaps}" if args.heatmaps else ""))
@@ -174,6 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             queue_size=args.queue_size,
             key_queue=args.key_queue,
+            analysis_bytes=int(args.analysis_mb * 2**20),
             data_dir=Path(args.data_dir) if args.data_dir else default_data_dir(),
             provenance=_provenance(args),
         )
@@ -257,10 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--json", metavar="FILE", help="write the table and every full result")
     scan.add_argument("--workers", type=_positive(int),
                       help="threads sharing one engine (default 2: one finds faces while another scores); with --engine "
-                           "ray, actors (default: cluster CPUs)")  # fmt: skip
+                           "ray, actors (default: cluster CPUs); with --server, files on the server at once (default 2)")  # fmt: skip
     scan.add_argument("--engine", choices=["local", "ray"], default="local", help="where to run (default: local)")
     scan.add_argument("--address", help="Ray cluster to join, e.g. ray://head:10001 or head:6379 (default: $RAY_ADDRESS, "
                       "else a local Ray)")  # fmt: skip
+    scan.add_argument("--server", metavar="URL",
+                      help="analyse on a running API server (python -m deepfake serve), e.g. http://host:8000, instead "
+                           "of a local engine: each file is a job there, its result the server's JSON; a full queue or "
+                           "the rate limit is waited out, Ctrl-C cancels the jobs left. Not with --engine ray, --address, "
+                           "--model, --device, --trust-pickle, --trust-anchors or --include-location: the server's own "
+                           "apply")  # fmt: skip
+    scan.add_argument("--api-key", metavar="KEY", default=os.environ.get(API_KEY_ENV),
+                      help=f"the server's API key (default: ${API_KEY_ENV}; the variable keeps it out of the process "
+                           "list)")  # fmt: skip
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     scan.set_defaults(run=cmd_scan)
 
@@ -280,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue-size", type=_positive(int), default=32,
                        help="jobs waiting or running on the server; past it: 503 with Retry-After")  # fmt: skip
     serve.add_argument("--key-queue", type=_positive(int), default=8, help="the same, for one API key")
+    serve.add_argument("--analysis-mb", type=_positive(float), default=300.0,
+                       help="MiB of uploads analysed at once (an analysis holds about 4x its file in memory); "
+                            "larger files take turns, one over it runs alone")  # fmt: skip
     serve.add_argument("--data-dir", metavar="DIR",
                        help="jobs and results (SQLite + files), kept across restarts "
                             "(default: deepfake-workbench/api in the user's data folder)")  # fmt: skip
@@ -312,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ModelError, TrustAnchorsError) as exc:
+    except (ModelError, TrustAnchorsError, ServerError) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_UNUSABLE
+    except KeyboardInterrupt:  # a scan's CSV keeps the rows done so far; jobs on a server were cancelled
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

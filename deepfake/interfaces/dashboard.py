@@ -221,8 +221,11 @@ def preview(image: np.ndarray) -> np.ndarray:
     return fit(image, PREVIEW_SIDE)
 
 
-def heatmap_preview(image: np.ndarray, faces: list[FaceResult], opacity: float, show_regions: bool) -> np.ndarray:
-    return fit(render_overlay(image, faces, opacity, show_regions), PREVIEW_SIDE)
+def heatmap_preview(image: np.ndarray, faces: list[FaceResult], opacity: float, show_regions: bool,
+                    shape: tuple[int, int] | None = None) -> np.ndarray:  # fmt: skip
+    """``shape``: the (height, width) the faces' coordinates refer to, when ``image`` was decoded smaller
+    (a photo's ``result.image``; a video frame is kept at its own size)."""
+    return fit(render_overlay(image, faces, opacity, show_regions, shape=shape), PREVIEW_SIDE)
 
 
 def history_table(rows: list[dict]) -> pd.DataFrame:

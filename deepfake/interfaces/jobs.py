@@ -2,7 +2,7 @@
 
 A job is one uploaded file and its options. Its upload waits on disk (never in memory) in the job's
 folder beside the database until a worker takes it; when the analysis ends the upload is deleted
-and only the files its result can serve (the heatmap) are kept. A finished job *is* the result the
+and only the files its result can serve (its heatmaps) are kept. A finished job *is* the result the
 ``/v1/results`` routes serve. On start-up, jobs that were queued or running when the server stopped
 are queued again. Finished jobs are removed by age, by count and by the bytes their files take.
 """
@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,27 +142,30 @@ class JobStore:
         return cursor.rowcount == 1
 
     def finish(self, job_id: str, status: str, *, result: dict | None = None, error: dict | None = None,
-               overlay: Path | None = None) -> bool:  # fmt: skip
-        """Record how a job ended and delete every file of it but the heatmap its result serves.
-        False, and nothing changed, if it had already ended (e.g. cancelled while it ran: the
-        worker then calls :meth:`drop_files`)."""
+               overlay: Path | None = None, served: Iterable[Path] = ()) -> bool:  # fmt: skip
+        """Record how a job ended and delete every file of it but those its result serves: the
+        heatmap (``overlay``, whose name is recorded) and ``served`` (a video's frame heatmaps).
+        Their bytes count against the store's limit. False, and nothing changed, if it had already
+        ended (e.g. cancelled while it ran: the worker then calls :meth:`drop_files`)."""
         folder = self.folder(job_id)
-        keep = overlay.name if overlay is not None and overlay.parent == folder and overlay.is_file() else None
+        kept = {p.name: p.stat().st_size for p in (overlay, *served)
+                if p is not None and p.parent == folder and p.is_file()}  # fmt: skip
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE jobs SET status = ?, updated = ?, result = ?, error = ?, overlay = ?, bytes = ? "
                 "WHERE id = ? AND status IN (?, ?)",
                 (status, self.clock(), json.dumps(result) if result is not None else None,
-                 json.dumps(error) if error is not None else None, keep,
-                 (folder / keep).stat().st_size if keep else 0, job_id, *ACTIVE),
+                 json.dumps(error) if error is not None else None,
+                 overlay.name if overlay is not None and overlay.name in kept else None, sum(kept.values()),
+                 job_id, *ACTIVE),
             )  # fmt: skip
         if cursor.rowcount != 1:
             return False
-        if keep is None:
+        if not kept:
             self.drop_files(job_id)
         else:
             for path in folder.iterdir():
-                if path.name != keep:
+                if path.name not in kept:
                     _remove(path)
         return True
 

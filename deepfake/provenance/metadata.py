@@ -1,10 +1,11 @@
-"""Embedded metadata: EXIF, XMP, IPTC, PNG/WebP text chunks and JPEG quantisation tables.
+"""Embedded metadata: EXIF, XMP, IPTC, PNG/WebP text chunks, JPEG quantisation tables, and the
+QuickTime and Apple metadata of MP4/MOV videos.
 
-The containers are walked here byte by byte (JPEG segments, PNG and RIFF chunks) rather than
-through an image decoder, so every size and count can be capped: a huge XMP packet, thousands of
-text chunks or a damaged EXIF block each become a "could not be read" finding, and the rest of
-the file is still read. HEIF and other formats go through their Pillow plugin, which reads the
-metadata without decoding pixels.
+The containers are walked here byte by byte (JPEG segments, PNG and RIFF chunks, MP4/MOV boxes)
+rather than through a decoder, so every size and count can be capped: a huge XMP packet, thousands
+of text chunks or boxes, a damaged EXIF block or a box that lies about its size each become a
+"could not be read" finding, and the rest of the file is still read. HEIF and other picture
+formats go through their Pillow plugin, which reads the metadata without decoding pixels.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from xml.etree import ElementTree
 
 import numpy as np
@@ -44,6 +46,10 @@ MAX_TEXT_TOTAL = 16 * 2**20  # all text chunks of a file together
 MAX_XMP_BYTES = 2 * 2**20
 MAX_EXIF_BYTES = 2**20  # JPEG caps a segment at 64 KB; in PNG and HEIF an EXIF block may claim anything
 MAX_COMMENT = 4096
+MAX_BOXES = 4096  # MP4/MOV boxes walked, at every level together
+MAX_BOX_DEPTH = 16  # real metadata sits 6 deep (moov/udta/meta/ilst/item/data)
+MAX_KEYS = 1024  # entries of an Apple metadata key table
+MAX_LOCI_BYTES = 1024  # a 3GPP location box: a name, then 13 bytes of coordinates
 
 XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\x00"
 XMP_EXTENDED = b"http://ns.adobe.com/xmp/extension/\x00"
@@ -63,12 +69,18 @@ DATETIME_ORIGINAL, USER_COMMENT, LENS_MODEL = 0x9003, 0x9286, 0xA434
 IMAGE_DESCRIPTION = 0x010E
 
 # Names that only generators carry: a file whose software is one of them says it was AI-made.
+# ("Veo" alone is also a sports camera, so only "Google Veo" counts.)
 AI_GENERATORS = re.compile(r"midjourney|dall[\s\-·]?e|stable[\s\-]?diffusion|novelai|comfyui|invokeai|fooocus|"
                            r"automatic1111|adobe firefly|\bimagen\b|ideogram|leonardo\.ai|bing image creator|"
-                           r"dreamstudio|nightcafe", re.IGNORECASE)  # fmt: skip
+                           r"dreamstudio|nightcafe|\bsora\b|\brunway(?:ml)?\b|\bpika\b|\bkling\b|google veo|"
+                           r"dream machine|hailuo|synthesia|heygen", re.IGNORECASE)  # fmt: skip
 EDITORS = re.compile(r"photoshop|lightroom|gimp|snapseed|pixelmator|affinity|paint\.net|canva|picsart|facetune|"
                      r"faceapp|photoscape|luminar|capture one|darktable|rawtherapee|acdsee|fotor|befunky|"
-                     r"photopea|meitu|vsco|remini|photoroom", re.IGNORECASE)  # fmt: skip
+                     r"photopea|meitu|vsco|remini|photoroom|premiere|final cut|imovie|davinci resolve|"
+                     r"after effects|capcut|kdenlive|shotcut|filmora|inshot|clipchamp|handbrake", re.IGNORECASE)  # fmt: skip
+# FFmpeg's libavformat stamps every MP4/MOV it writes ("Lavf61.7.100"): whoever converted, cut or
+# re-encoded the file with it (platforms included), not what made the pictures.
+FFMPEG_STAMP = re.compile(r"lavf\d|ffmpeg\b", re.IGNORECASE)
 # Stable Diffusion web UIs (AUTOMATIC1111, Forge, SD.Next, Fooocus) end their 'parameters' text so.
 SD_PARAMETERS = re.compile(r"(?:^|\n|, )(?:Steps|Sampler|Seed|CFG scale): ")
 SD_FIELD = re.compile(r'([A-Za-z][\w \-/]*): ("(?:[^"\\]|\\.)*"|[^,]*)(?:, |$)')
@@ -97,6 +109,9 @@ class Container:
     texts: dict[str, str] = field(default_factory=dict)  # PNG text chunks, JPEG comments
     quant_tables: dict[int, np.ndarray] = field(default_factory=dict)  # JPEG, zigzag order
     adobe_marker: bool = False  # a JPEG APP14 "Adobe" segment: saved by Adobe software
+    movie: dict[str, str | bytes] = field(default_factory=dict)  # MP4/MOV: MOVIE_NAMES items as text,
+    # 'mvhd' (the movie header, when it sets a time) and 'loci' (3GPP location) as their bytes
+    writer: str | None = None  # MP4/MOV: FFmpeg's stamp, kept apart: it says nothing about the origin
     problems: list[Finding] = field(default_factory=list)
 
 
@@ -104,13 +119,15 @@ class Container:
 
 
 def walk(data: bytes, fmt: str) -> Container:
-    """The metadata blocks of a ``fmt`` file ("jpeg", "png", "webp", or any Pillow reads)."""
+    """The metadata blocks of a ``fmt`` file ("jpeg", "png", "webp", "mp4", "mov", or any Pillow reads)."""
     if fmt == "jpeg":
         return _walk_jpeg(data)
     if fmt == "png":
         return _walk_png(data)
     if fmt == "webp":
         return _walk_webp(data)
+    if fmt in ("mp4", "mov"):
+        return _walk_movie(data)
     return _walk_with_plugin(data, fmt)
 
 
@@ -295,6 +312,152 @@ def _walk_with_plugin(data: bytes, fmt: str) -> Container:
     return found
 
 
+# What each MP4/MOV metadata item says, most specific name first: Apple's metadata keys, QuickTime's
+# user-data atoms, and the plain names FFmpeg writes with ``-movflags use_metadata_tags``.
+MOVIE_ITEMS = {
+    "make": ("com.apple.quicktime.make", "©mak", "make"),
+    "model": ("com.apple.quicktime.model", "©mod", "model"),
+    "software": ("com.apple.quicktime.software", "©swr", "©too", "software", "encoder"),
+    "date": ("com.apple.quicktime.creationdate", "©day", "creation_time", "date"),
+    "location": ("com.apple.quicktime.location.ISO6709", "©xyz", "location"),
+}
+MOVIE_NAMES = {name for names in MOVIE_ITEMS.values() for name in names}
+XMP_UUID = bytes.fromhex("be7acfcb97a942e89c71999491e3afac")  # the 'uuid' box Adobe writes XMP into
+TEXT_TYPES = {1: "utf-8", 2: "utf-16-be", 4: "utf-8", 5: "utf-16-be"}  # 'data' box value types that are text
+
+
+def _walk_movie(data: bytes) -> Container:
+    """MP4/MOV (ISO-BMFF): only the movie box's user data and metadata are entered; the media data
+    ('mdat', however large) and the tracks are stepped over by their sizes, never read."""
+    found = Container()
+    try:
+        _Boxes(data, found).walk(0, len(data), 0)
+    except ValueError as exc:  # what was read before the bad box is kept
+        found.problems.append(unreadable(METADATA, "MP4/MOV structure", str(exc)))
+    return found
+
+
+@dataclass
+class _Boxes:
+    data: bytes
+    found: Container
+    count: int = 0
+    saw_movie: bool = False
+
+    def boxes(self, start: int, end: int, depth: int) -> Iterator[tuple[bytes, int, int]]:
+        """(type, body start, body end) of each box between ``start`` and ``end``; ValueError when
+        one lies about its size, or past the caps on nesting and count."""
+        if depth > MAX_BOX_DEPTH:
+            raise ValueError(f"its boxes are nested over {MAX_BOX_DEPTH} deep")
+        pos = start
+        while end - pos >= 8:
+            size, kind = struct.unpack_from(">I4s", self.data, pos)
+            header = 8
+            if size == 1:  # a 64-bit size follows the type
+                if end - pos < 16:
+                    raise ValueError(f"box '{_box_name(kind)}' at byte {pos} is cut off in its header")
+                size, header = struct.unpack_from(">Q", self.data, pos + 8)[0], 16
+            elif size == 0:  # "to the end": the last box of the file (or of its parent)
+                size = end - pos
+            if size < header:
+                raise ValueError(f"box '{_box_name(kind)}' at byte {pos} claims {size} bytes, less than its header")
+            if size > end - pos:
+                raise ValueError(f"box '{_box_name(kind)}' at byte {pos} claims {size} bytes, but only {end - pos} "
+                                 "are left: the file is cut short or the box is damaged")  # fmt: skip
+            self.count += 1
+            if self.count > MAX_BOXES:
+                raise ValueError(f"it holds over {MAX_BOXES} boxes")
+            yield kind, pos + header, pos + size
+            pos += size
+        if any(self.data[pos:end]):  # QuickTime ends some lists with four zero bytes; anything else is damage
+            raise ValueError(f"{end - pos} stray bytes at byte {pos}, too few for a box")
+
+    def walk(self, start: int, end: int, depth: int, keys: tuple[str, ...] = ()) -> None:
+        data, found = self.data, self.found
+        for kind, body, stop in self.boxes(start, end, depth):
+            if kind in (b"moov", b"udta"):
+                self.saw_movie = self.saw_movie or kind == b"moov"
+                self.walk(body, stop, depth + 1)
+            elif kind == b"meta":  # ISO's is a full box (4 bytes of version and flags first), QuickTime's is not
+                self.walk(body if data[body + 4 : body + 8] == b"hdlr" else body + 4, stop, depth + 1)
+            elif kind == b"keys":
+                keys = self._keys(body, stop)
+            elif kind == b"ilst":
+                self.walk(body, stop, depth + 1, keys)
+            elif kind == b"mvhd":
+                header = data[body : min(stop, body + 32)]
+                if any(header[4:20] if header[:1] == b"\x01" else header[4:12]):  # a time is set (0: unset)
+                    found.movie.setdefault("mvhd", header)
+            elif kind == b"loci":
+                found.movie.setdefault("loci", data[body : min(stop, body + MAX_LOCI_BYTES)])
+            elif kind == b"XMP_" or (kind == b"uuid" and data[body : body + 16] == XMP_UUID):
+                self._xmp(body + 16 if kind == b"uuid" else body, stop)
+            elif kind == b"moof" and self.saw_movie:
+                return  # a fragmented file: media fragments follow, to the end
+            elif (name := _item_name(kind, keys)) in MOVIE_NAMES:
+                self._keep(name, self._item_text(name, body, stop, depth + 1))
+
+    def _keys(self, start: int, end: int) -> tuple[str, ...]:
+        """Apple's metadata key table: the names that the 'ilst' items refer to by number (from 1)."""
+        if end - start < 8:
+            raise ValueError("the metadata key table is cut off")
+        count = struct.unpack_from(">I", self.data, start + 4)[0]
+        keys, pos = [], start + 8
+        for _ in range(min(count, MAX_KEYS)):
+            size = struct.unpack_from(">I", self.data, pos)[0] if end - pos >= 4 else 0
+            if size < 8 or size > end - pos:
+                raise ValueError(f"entry {len(keys) + 1} of the metadata key table runs past its end")
+            keys.append(self.data[pos + 8 : pos + min(size, 8 + 256)].decode("utf-8", "replace"))  # after namespace
+            pos += size
+        return tuple(keys)
+
+    def _item_text(self, name: str, start: int, end: int, depth: int) -> str | None:
+        data = self.data
+        if data[start + 4 : start + 8] == b"data":  # an item: its value in 'data' boxes, the first text one counts
+            for kind, body, stop in self.boxes(start, end, depth):
+                encoding = TEXT_TYPES.get(int.from_bytes(data[body + 1 : body + 4], "big"))
+                if kind == b"data" and stop - body >= 8 and encoding:
+                    return data[body + 8 : min(stop, body + 8 + MAX_COMMENT)].decode(encoding, "replace")
+            return None
+        # A QuickTime text atom: the text's length and language (under 0x400: an old Mac code, Mac Roman text).
+        if end - start < 4:
+            raise ValueError(f"the text atom '{name}' is cut off")
+        length, language = struct.unpack_from(">HH", data, start)
+        if length > end - start - 4:
+            raise ValueError(f"the text atom '{name}' claims {length} bytes of text, but holds {end - start - 4}")
+        return data[start + 4 : start + 4 + min(length, MAX_COMMENT)].decode(
+            "mac_roman" if language < 0x400 else "utf-8", "replace")  # fmt: skip
+
+    def _keep(self, name: str, value: str | None) -> None:
+        text = _text(value)
+        if not text:
+            return
+        if name in MOVIE_ITEMS["software"] and FFMPEG_STAMP.match(text):
+            self.found.writer = self.found.writer or text
+        else:
+            self.found.movie.setdefault(name, text)
+
+    def _xmp(self, start: int, end: int) -> None:
+        if end - start > MAX_XMP_BYTES:  # refused before copying: the box may claim anything the file holds
+            self.found.problems.append(unreadable(METADATA, "XMP packet", f"it is {(end - start) / 2**20:.1f} MB, "
+                                                  f"over the {MAX_XMP_BYTES // 2**20} MB limit"))  # fmt: skip
+        elif self.found.xmp is None:
+            self.found.xmp = self.data[start:end]
+
+
+def _box_name(kind: bytes) -> str:
+    name = kind.decode("latin-1")
+    return name if name.isprintable() else "0x" + kind.hex()
+
+
+def _item_name(kind: bytes, keys: tuple[str, ...]) -> str | None:
+    """A metadata item's name: its type ('©mak'), or in an Apple 'ilst' the key its number points to."""
+    if kind[:1] == b"\xa9":
+        return kind.decode("latin-1")
+    number = int.from_bytes(kind, "big")
+    return keys[number - 1] if 0 < number <= len(keys) else None
+
+
 def _keep_exif(found: Container, block: bytes) -> None:
     if len(block) > MAX_EXIF_BYTES:
         found.problems.append(unreadable(METADATA, "EXIF block", f"it is {len(block)} bytes, over the limit"))
@@ -312,7 +475,7 @@ class Fields:
     make: str | None = None
     model: str | None = None
     lens: str | None = None
-    software: list[str] = field(default_factory=list)  # EXIF Software, XMP CreatorTool, IPTC program
+    software: list[str] = field(default_factory=list)  # EXIF Software, XMP CreatorTool, IPTC program, MP4/MOV software
     taken_at: str | None = None
     modified_at: str | None = None
     location: dict | None = None  # {} when present but the coordinates were not asked for
@@ -426,6 +589,85 @@ def _gps(gps: dict) -> dict:
             "altitude_m": round(altitude[0], 1) if isinstance(altitude, tuple) and math.isfinite(altitude[0]) else None}
 
 
+def movie_fields(items: dict[str, str | bytes], fields: Fields, include_location: bool) -> None:
+    """Fields from an MP4/MOV's metadata (``Container.movie``). Raises ValueError when its movie
+    header or location box is damaged; the text items are taken first."""
+
+    def first(what: str) -> str | None:
+        return next((_text(items[n]) for n in MOVIE_ITEMS[what] if n in items), None)
+
+    fields.make = first("make") or fields.make
+    fields.model = first("model") or fields.model
+    fields.software += [t for n in MOVIE_ITEMS["software"] if (t := _text(items.get(n)))]
+    fields.taken_at = _movie_time(first("date")) or fields.taken_at
+    location = first("location")
+    if location or "loci" in items:  # read even when not shown: a damaged box is no location
+        where = _iso6709(location) if location else _loci(items["loci"])
+        fields.location = where if include_location else {}
+    if isinstance(header := items.get("mvhd"), bytes):
+        created, modified, duration = _movie_header(header)
+        if created and not fields.taken_at:
+            fields.taken_at = f"{created:%Y:%m:%d %H:%M:%S} UTC"
+        # Some cameras stamp the end of the recording as its modification: only later than that is an edit.
+        if created and modified and (modified - created).total_seconds() > duration + 60:
+            fields.modified_at = f"{modified:%Y:%m:%d %H:%M:%S} UTC"
+
+
+QUICKTIME_EPOCH = datetime(1904, 1, 1, tzinfo=UTC)
+
+
+def _movie_header(header: bytes) -> tuple[datetime | None, datetime | None, float]:
+    """(creation, modification, duration in seconds) from an 'mvhd' box; a time of 0 is unset."""
+    version = header[:1]
+    layout = ">QQIQ" if version == b"\x01" else ">IIII"
+    if len(header) < 4 + struct.calcsize(layout):
+        raise ValueError("the movie header is cut off")
+    created, modified, timescale, duration = struct.unpack_from(layout, header, 4)
+    try:
+        times = [QUICKTIME_EPOCH + timedelta(seconds=s) if s else None for s in (created, modified)]
+    except OverflowError:
+        raise ValueError("the movie header's times are out of range") from None
+    return times[0], times[1], duration / timescale if timescale else 0.0
+
+
+def _movie_time(text: str | None) -> str | None:
+    """An ISO 8601 time with a zone, in UTC as EXIF writes times ("2024:05:01 17:00:00 UTC"); any
+    other text as written ("2024"), since a time without a zone cannot be compared with the header's."""
+    try:
+        moment = datetime.fromisoformat(text) if text else None
+        return f"{moment.astimezone(UTC):%Y:%m:%d %H:%M:%S} UTC" if moment and moment.tzinfo else text
+    except (ValueError, OverflowError):
+        return text
+
+
+ISO6709 = re.compile(r"([+-]\d{1,3}(?:\.\d*)?)([+-]\d{1,3}(?:\.\d*)?)([+-]\d+(?:\.\d*)?)?")
+
+
+def _iso6709(text: str) -> dict:
+    """"+37.7749-122.4194+010.000/" (decimal degrees, as phones write it); other forms of ISO 6709
+    (degrees and minutes) are kept as written."""
+    match = ISO6709.match(text)
+    latitude, longitude = (float(match[1]), float(match[2])) if match else (math.nan, math.nan)
+    if not (abs(latitude) <= 90 and abs(longitude) <= 180):
+        return {"location_text": text[:80]}
+    return {"latitude": latitude, "longitude": longitude, "altitude_m": round(float(match[3]), 1) if match[3] else None}
+
+
+def _loci(raw: bytes) -> dict:
+    """A 3GPP location box: version and flags, language, a name ending in a zero (UTF-16 when it
+    starts with a byte-order mark), a role byte, then longitude, latitude and altitude in 16.16."""
+    if raw[6:8] in (b"\xfe\xff", b"\xff\xfe"):
+        end = next((i for i in range(8, len(raw) - 1, 2) if raw[i : i + 2] == b"\x00\x00"), len(raw)) + 2
+    else:
+        end = raw.find(b"\x00", 6) + 1 or len(raw)  # no terminator: nothing follows the name
+    if len(raw) < end + 13:
+        raise ValueError("the 3GPP location is cut off")
+    longitude, latitude, altitude = (v / 65536 for v in struct.unpack_from(">iii", raw, end + 1))
+    if not (abs(latitude) <= 90 and abs(longitude) <= 180):
+        raise ValueError("the 3GPP location is out of range")
+    return {"latitude": round(latitude, 6), "longitude": round(longitude, 6), "altitude_m": round(altitude, 1)}
+
+
 def xmp_fields(raw: bytes, fields: Fields, include_location: bool) -> None:
     if len(raw) > MAX_XMP_BYTES:
         raise ValueError(f"it is {len(raw) / 2**20:.1f} MB, over the {MAX_XMP_BYTES // 2**20} MB limit")
@@ -505,12 +747,14 @@ def iptc_fields(raw: bytes, fields: Fields) -> None:
 
 
 def metadata_findings(data: bytes, fmt: str, jpeg_quality: int | None, include_location: bool) -> tuple[list[Finding], bool]:
-    """Findings from a picture's embedded metadata, and whether it had any metadata at all."""
+    """Findings from a picture's or a video's embedded metadata, and whether it had any metadata at
+    all (FFmpeg's stamp and JPEG tables are traces of the writing software, not metadata)."""
     container = walk(data, fmt)
     findings = list(container.problems)
     fields = Fields()
     for name, raw, read in (("EXIF block", container.exif, exif_fields), ("XMP packet", container.xmp, xmp_fields),
-                            ("extended XMP packet", container.xmp_extended, xmp_fields)):  # fmt: skip
+                            ("extended XMP packet", container.xmp_extended, xmp_fields),
+                            ("MP4/MOV metadata", container.movie or None, movie_fields)):  # fmt: skip
         if raw is None:
             continue
         try:
@@ -529,7 +773,8 @@ def metadata_findings(data: bytes, fmt: str, jpeg_quality: int | None, include_l
     findings += _edit_traces(container, fields, jpeg_quality)
     findings += _location(fields, include_location)
     findings += _other_texts(container.texts)
-    found_any = bool(container.exif or container.xmp or container.xmp_extended or container.iptc or container.texts)
+    found_any = bool(container.exif or container.xmp or container.xmp_extended or container.iptc or container.texts
+                     or container.movie)  # fmt: skip
     return findings, found_any
 
 
@@ -568,7 +813,7 @@ def _declarations(texts: dict[str, str], fields: Fields) -> list[Finding]:
                   if s and AI_GENERATORS.search(s)]  # fmt: skip
     if generators and not found:
         found.append(Finding(METADATA, "metadata.generator_software", "Metadata: made by an AI generator",
-                             f"The metadata names an AI image generator as the software that made it "
+                             f"The metadata names an AI generator as the software that made it "
                              f"({generators[0]}).", STRONG, LEANS_FAKE, decides=True,
                              assertion=f"metadata: software '{generators[0]}'", details=trim({"software": generators})))  # fmt: skip
     return found
@@ -621,7 +866,7 @@ def _camera(fields: Fields) -> list[Finding]:
     camera = model if model.lower().startswith(make.lower()) else f"{make} {model}".strip()  # "Canon Canon EOS R5"
     taken = f", taken {fields.taken_at}" if fields.taken_at else ""
     lens = f", lens {fields.lens}" if fields.lens else ""
-    return [Finding(METADATA, "metadata.camera", "EXIF: camera", f"Camera metadata: {camera}{taken}{lens}. "
+    return [Finding(METADATA, "metadata.camera", "Metadata: camera", f"Camera metadata: {camera}{taken}{lens}. "
                     "Metadata can be copied or edited, so this is context, not proof.", CONTEXT,
                     details=trim({"make": fields.make, "model": fields.model, "lens": fields.lens,
                                   "taken_at": fields.taken_at, "modified_at": fields.modified_at,
@@ -648,6 +893,8 @@ def _edit_traces(container: Container, fields: Fields, jpeg_quality: int | None)
         traces.append("it says it was derived from another document")
     if container.adobe_marker:
         traces.append("saved by Adobe software (an Adobe JPEG marker)")
+    if container.writer:
+        traces.append(f"written or re-encoded by FFmpeg ({container.writer})")
     tables = _table_family(container.quant_tables, jpeg_quality)
     if tables == "standard" and (fields.make or fields.model):
         traces.append("the camera is named, but the compression tables are the standard libjpeg ones that editing "

@@ -22,7 +22,8 @@ C2PA_TIMEOUT_S = 10.0  # hashing a 200 MB video for its manifest takes about a s
 MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "heif": "image/heic",
               "avif": "image/avif", "tiff": "image/tiff", "gif": "image/gif", "mp4": "video/mp4",
               "mov": "video/quicktime", "avi": "video/avi"}  # fmt: skip
-PICTURE_FORMATS = ("jpeg", "png", "webp", "heif", "avif", "tiff", "gif", "bmp")
+# Containers whose embedded metadata is read: the pictures, and MP4/MOV ("mp4" covers M4V and 3GP too).
+METADATA_FORMATS = ("jpeg", "png", "webp", "heif", "avif", "tiff", "gif", "bmp", "mp4", "mov")
 
 
 def container_format(data: bytes) -> str | None:
@@ -51,7 +52,7 @@ def container_format(data: bytes) -> str | None:
 
 def read_provenance(data: bytes, settings: ProvenanceSettings | None = None, *,
                     jpeg_quality: int | None = None) -> list[Finding]:  # fmt: skip
-    """Findings from the file's content credentials (C2PA) and, for pictures, its metadata.
+    """Findings from the file's content credentials (C2PA) and, for pictures and MP4/MOV videos, its metadata.
     ``jpeg_quality`` is the quality already estimated from the file's tables, if it is a JPEG."""
     settings = settings or ProvenanceSettings()
     fmt = container_format(data)
@@ -59,8 +60,8 @@ def read_provenance(data: bytes, settings: ProvenanceSettings | None = None, *,
     if fmt in MIME_TYPES:
         findings += _bounded_credentials(data, MIME_TYPES[fmt], settings)
     found_metadata = False
-    picture = fmt in PICTURE_FORMATS
-    if picture:
+    with_metadata = fmt in METADATA_FORMATS
+    if with_metadata:
         try:
             metadata, found_metadata = metadata_findings(data, fmt, jpeg_quality, settings.include_location)
             findings += metadata
@@ -68,7 +69,7 @@ def read_provenance(data: bytes, settings: ProvenanceSettings | None = None, *,
             log.warning("metadata reading failed", exc_info=True)
             findings.append(unreadable(METADATA, "metadata", f"{type(exc).__name__}: {exc}"))
     if not any(f.source == C2PA for f in findings) and not found_metadata:
-        what = "content credentials or camera metadata" if picture else "content credentials"
+        what = "content credentials or camera metadata" if with_metadata else "content credentials"
         findings.append(Finding(METADATA, "metadata.none", "No provenance data", f"No {what} were found. Most "
                                 "platforms and messaging apps strip them on upload, so their absence is not evidence "
                                 "either way.", CONTEXT))  # fmt: skip
