@@ -73,6 +73,12 @@ CROP_OVERSAMPLING = 2
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
+def overlay_name(sha256: str, method: str, frame: int | None = None) -> str:
+    """The file name of a heatmap overlay: a photo's, or a video's frame ``frame``. A scan through
+    a server saves the overlays it fetches under these names too."""
+    return f"{sha256[:16]}_{method}_overlay.png" if frame is None else f"{sha256[:16]}_frame{frame:06d}_{method}.png"
+
+
 def write_png(path: Path, image_rgb: np.ndarray) -> str:
     cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), PNG_FAST)
     return str(path)
@@ -164,7 +170,7 @@ class ImageDeepfakeDetector(_Detector):
         shape = (picture.height, picture.width)
         explain_faces(scored, shape, threshold)
         if explaining:
-            overlay_path = write_png(self.output.get(output_dir) / f"{sha256[:16]}_{method}_overlay.png",
+            overlay_path = write_png(self.output.get(output_dir) / overlay_name(sha256, method),
                                      render_overlay(picture.pixels, scored, shape=shape))
         else:
             if explain:

@@ -28,6 +28,33 @@ HISTORY_COLUMNS = (
 EVIDENCE_KINDS = ("blending", "generation")  # the heads of a two-head (v2) model
 
 
+def history_row_of(result: dict, file_name: str | None = None) -> dict:
+    """One row of the shared history/export schema (HISTORY_COLUMNS) from a result's JSON
+    (``to_dict()``, as the API returns it too); ``file_name`` replaces its source (the API strips paths)."""
+    return {
+        "analyzed_at": result["analyzed_at"],
+        "file_name": result["source"] if file_name is None else file_name,
+        "sha256": result["sha256"],
+        "media_type": result["media_type"],
+        "verdict": result["verdict"],
+        "classification": result["classification"],
+        "fake_probability": result["fake_probability"],
+        "confidence": result["confidence"],
+        "threshold": result["threshold"],
+        "faces": result["face_count"],
+        "frames": result.get("frames_analyzed", 0),
+        "model_name": result["model_name"],
+        "model_version": result["model_version"],
+        "duration_ms": result["timings"]["total_ms"],
+        "warnings": " | ".join(result["warnings"]),  # caveats travel with the verdict into every export
+        "error": "",
+        **{key: result[key] for key in ("blending_probability", "generation_probability", "dominant_evidence")},
+        # What the file says about itself, in sentences (the model's own score has its columns).
+        "evidence": " | ".join(f["summary"] for f in result["evidence"] if f["source"] != "model"),
+        "decided_by": result["decided_by"] or "",
+    }
+
+
 def dominant_evidence(head_probabilities: dict[str, float]) -> str | None:
     """The kind of evidence that speaks loudest (the head with the higher probability), or None
     for a one-logit model."""
@@ -227,28 +254,7 @@ class AnalysisResult(_Mapping):
 
     def history_row(self) -> dict:
         """One row of the shared history/export schema (see HISTORY_COLUMNS)."""
-        return {
-            "analyzed_at": self.analyzed_at,
-            "file_name": self.source,
-            "sha256": self.sha256,
-            "media_type": self.media_type,
-            "verdict": self.verdict,
-            "classification": self.classification,
-            "fake_probability": round(float(self.fake_probability), 6),
-            "confidence": round(float(self.confidence), 6),
-            "threshold": float(self.threshold),
-            "faces": self.face_count,
-            "frames": self.frame_count,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "duration_ms": round(float(self.timings.total_ms), 1),
-            "warnings": " | ".join(self.warnings),  # caveats travel with the verdict into every export
-            "error": "",
-            **self.head_scores(),
-            # What the file says about itself, in sentences (the model's own score has its columns).
-            "evidence": " | ".join(f.summary for f in self.evidence if f.source != "model"),
-            "decided_by": self.decided_by.assertion if self.decided_by else "",
-        }
+        return history_row_of(self.to_dict())
 
     @property
     def face_count(self) -> int:  # pragma: no cover - overridden

@@ -22,7 +22,7 @@ import av
 import cv2
 import numpy as np
 
-from deepfake.detector import Progress, _check_method, _Detector, write_png
+from deepfake.detector import Progress, _check_method, _Detector, overlay_name, write_png
 from deepfake.errors import CorruptFileError, NoDecodableFramesError, UnsupportedFormatError, VideoTooSmallError
 from deepfake.media import MIN_IMAGE_SIDE, read_media
 from deepfake.provenance.findings import model_finding, ordered
@@ -280,7 +280,7 @@ class VideoDeepfakeDetector(_Detector):
             for rank, i in enumerate(suspicious):
                 frame = timeline[i]
                 frame.heatmap_overlay_path = write_png(
-                    folder / f"{media.sha256[:16]}_frame{frame.index:06d}_{method}.png",
+                    folder / overlay_name(media.sha256, method, frame.index),
                     render_overlay(frame.image, frame.faces),
                 )
                 if rank == 0:

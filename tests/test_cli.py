@@ -27,8 +27,8 @@ from test_api import _start, _stop, _wait_ready
 from deepfake import ImageDeepfakeDetector, VideoDeepfakeDetector
 from deepfake.exports import history_csv
 from deepfake.interfaces.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE, main
-from deepfake.interfaces.scanning import ScanOptions, find_files, history_row_of, scan_local
-from deepfake.results import HISTORY_COLUMNS
+from deepfake.interfaces.scanning import ScanOptions, find_files, scan_local
+from deepfake.results import HISTORY_COLUMNS, history_row_of
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from deepfake.detector import ImageDeepfakeDetector
+from deepfake.detector import ImageDeepfakeDetector, overlay_name
 from deepfake.engine import DetectionEngine
 from deepfake.errors import DeepfakeError, InputError
 from deepfake.exports import history_row
 from deepfake.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_media
 from deepfake.provenance.settings import ProvenanceSettings
+from deepfake.results import history_row_of
 from deepfake.video import VideoDeepfakeDetector
 
 if TYPE_CHECKING:
@@ -139,40 +140,14 @@ class _Stopped(Exception):
     """The scan is being stopped (Ctrl-C, or a failure elsewhere): a worker leaves its file."""
 
 
-def history_row_of(result: dict, file_name: str) -> dict:
-    """The export row of a result's JSON (``to_dict()``, as the API returns it): the row
-    ``result.history_row()`` gives for the result object, named ``file_name``."""
-    return {
-        "analyzed_at": result["analyzed_at"],
-        "file_name": file_name,
-        "sha256": result["sha256"],
-        "media_type": result["media_type"],
-        "verdict": result["verdict"],
-        "classification": result["classification"],
-        "fake_probability": result["fake_probability"],
-        "confidence": result["confidence"],
-        "threshold": result["threshold"],
-        "faces": result["face_count"],
-        "frames": result.get("frames_analyzed", 0),
-        "model_name": result["model_name"],
-        "model_version": result["model_version"],
-        "duration_ms": result["timings"]["total_ms"],
-        "warnings": " | ".join(result["warnings"]),
-        "error": "",
-        **{key: result[key] for key in ("blending_probability", "generation_probability", "dominant_evidence")},
-        "evidence": " | ".join(f["summary"] for f in result["evidence"] if f["source"] != "model"),
-        "decided_by": result["decided_by"] or "",
-    }
-
-
 def heatmap_files(result: dict) -> list[tuple[str, str]]:
     """(URL, file name) of every heatmap a server's result refers to, named as a local scan names
     the files it writes: a photo's overlay, or each of a video's most suspicious frames."""
-    prefix, method = result["sha256"][:16], result["cam_method"]
+    sha256, method = result["sha256"], result["cam_method"]
     if result["media_type"] == "video":
-        return [(frame["heatmap_url"], f"{prefix}_frame{frame['index']:06d}_{method}.png")
+        return [(frame["heatmap_url"], overlay_name(sha256, method, frame["index"]))
                 for frame in result["timeline"] if frame.get("heatmap_url")]  # fmt: skip
-    return [(result["heatmap_url"], f"{prefix}_{method}_overlay.png")] if result.get("heatmap_url") else []
+    return [(result["heatmap_url"], overlay_name(sha256, method))] if result.get("heatmap_url") else []
 
 
 @dataclass
