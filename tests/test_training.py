@@ -273,3 +273,50 @@ def test_a_pair_shares_framing_look_and_degradation(tiny_data, tmp_path, monkeyp
         assert targets[0].tolist() == [0.0, 0.0] and targets[1].tolist() == [1.0, 0.0]
         heavy += weights[1].item() < 1
     assert 0 < heavy < len(pairs)  # some pairs are heavily degraded, and their fake weighs less
+
+
+def test_a_pair_shares_one_level_of_detail_and_compression(tiny_data, tmp_path, monkeypatch):
+    """A fake-folder pair whose real was blown up from few source pixels: the sharper fake is
+    resampled down to the real's detail, so that sharpness cannot tell the classes apart; a real
+    saved at JPEG 60 and a fake that was never a JPEG: the fake is re-saved at 60 in its source's
+    grid. A pair of equal detail and quality is left alone."""
+    from deepfake.faces import limit_detail
+    from deepfake.training import train as train_module
+    from deepfake.training.augment import frame_crop
+    from deepfake.training.data import build_cache
+    from deepfake.training.degradation import Degradation, jpeg_in_grid
+
+    cache = build_cache(tiny_data, tmp_path / "cache", val_fraction=0.5)
+    assert cache.spans is not None and (cache.spans[cache.face_found] > 0).all()
+    assert cache.qualities is not None and set(cache.qualities[cache.face_found].tolist()) == {95}  # cv2's default
+    config = train_module.TrainConfig(data=str(tiny_data), out=str(tmp_path / "m.pth"), input_size=64)
+    kinds = train_module.kinds_available(cache, config, validation=False)
+    real, fake = kinds["self_blend"][0], kinds["fake:blurred"][0]
+    monkeypatch.setattr(train_module, "sample_degradation", lambda rng: Degradation())
+    monkeypatch.setattr(train_module, "paired_look", lambda image, rng: image)
+    dataset = train_module.PairSet(cache, [(real, "fake:blurred", fake)], np.array([real]), config, train=True)
+    # The real's crop spans 32 source pixels at the model's framing: half the input's detail.
+    cache.spans[:] = 2 * config.input_size
+    cache.spans[real] = 32 * train_module.CACHE_MARGIN / config.face_margin
+    assert dataset.detail(real) == pytest.approx(0.5) and dataset.detail(fake) == 1.0
+
+    def framed(index: int) -> np.ndarray:
+        rng = np.random.default_rng(np.random.default_rng((config.seed, 0, 0)).integers(2**62))
+        return frame_crop(np.asarray(cache.crops[index]), config.face_margin, config.input_size, rng)
+
+    pixels = dataset[0][0].permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(pixels[0], framed(real))
+    assert np.array_equal(pixels[1], limit_detail(framed(fake), 32))
+    assert not np.array_equal(pixels[1], framed(fake))
+    cache.spans[real] = cache.spans[fake]
+    assert np.array_equal(dataset[0][0].permute(0, 2, 3, 1).numpy()[1], framed(fake))
+
+    cache.qualities[:] = 95
+    cache.qualities[real], cache.qualities[fake] = 60, 0  # 0: not a JPEG
+    pixels = dataset[0][0].permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(pixels[0], framed(real))
+    assert dataset.source_pixels(fake) == 2 * config.input_size * config.face_margin / train_module.CACHE_MARGIN
+    assert np.array_equal(pixels[1], jpeg_in_grid(framed(fake), 60, dataset.source_pixels(fake)))
+    assert not np.array_equal(pixels[1], framed(fake))
+    cache.qualities[fake] = 60
+    assert np.array_equal(dataset[0][0].permute(0, 2, 3, 1).numpy()[1], framed(fake))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from deepfake.errors import DeepfakeError
 from deepfake.faces import Face, crop_face, face_detector
-from deepfake.media import IMAGE_EXTENSIONS, load_image
+from deepfake.media import IMAGE_EXTENSIONS, jpeg_quality, load_image
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,13 @@ class CropCache:
     is_val: np.ndarray
     face_found: np.ndarray
     failed: list[dict]  # unreadable files: path and reason
+    # Source pixels across each crop's side: below CACHE_SIZE the crop was blown up and holds less
+    # detail than its size says (LFW crops span about 200 source pixels, the StyleGAN portraits 370).
+    # None in caches built before spans were kept.
+    spans: np.ndarray | None = None
+    # JPEG quality each crop's file was saved at; 0 where it is not a JPEG (a video frame, a PNG).
+    # None in caches built before qualities were kept.
+    qualities: np.ndarray | None = None
     # TAEF2 reconstructions of some real crops: row k of ``reconstructions`` belongs to crop
     # ``reconstructed[k]``; only the first ``reconstructions_done`` rows are made yet.
     reconstructions: np.ndarray | None = None
@@ -165,6 +172,8 @@ class CropCache:
             is_val=arrays["is_val"],
             face_found=arrays["face_found"],
             failed=meta["failed"],
+            spans=arrays["spans"] if "spans" in arrays.files else None,
+            qualities=arrays["qualities"] if "qualities" in arrays.files else None,
         )
         progress = folder / "reconstructions.json"
         if progress.exists():
@@ -237,6 +246,8 @@ def build_cache(
     crops = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), CACHE_SIZE, CACHE_SIZE, 3))
     landmarks = np.zeros((len(records), 5, 2), np.float32)
     face_found = np.zeros(len(records), bool)
+    spans = np.zeros(len(records), np.float32)
+    qualities = np.zeros(len(records), np.int16)
     hashes = [""] * len(records)
     keep = np.ones(len(records), bool)
     failed = []
@@ -253,6 +264,7 @@ def build_cache(
                 box = face.box if face else (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
                 crop = crop_face(image, box, CACHE_MARGIN if face else 1.0, CACHE_SIZE)
                 crops[i] = crop.pixels
+                spans[i] = crop.crop_to_image[0, 0] * CACHE_SIZE
                 if face:
                     landmarks[i] = crop.landmarks_in_crop(face.landmarks)
                 face_found[i] = face is not None
@@ -270,6 +282,7 @@ def build_cache(
                 pending.append((i, clip_frames[clip][int(index)]))
             else:
                 pending.append((i, load_image(record.path)))
+                qualities[i] = jpeg_quality(Path(record.path).read_bytes()) or 0
         except DeepfakeError as exc:
             failed.append({"path": record.path, "reason": exc.message})
             keep[i] = False
@@ -285,7 +298,8 @@ def build_cache(
         if record.source == VIDEO_SOURCE:
             is_val[i] = clips.index(record.identity) % 3 == 2
     is_val[~keep] = False
-    np.savez(folder / "arrays.npz", landmarks=landmarks, is_val=is_val, face_found=face_found & keep)
+    np.savez(folder / "arrays.npz", landmarks=landmarks, is_val=is_val, face_found=face_found & keep, spans=spans,
+             qualities=qualities)
     (folder / "meta.json").write_text(json.dumps({
         "root": str(root), "margin": CACHE_MARGIN, "size": CACHE_SIZE, "seed": seed,
         "val_fraction": val_fraction, "videos": str(videos) if videos else None, "frame_every": frame_every,

@@ -196,6 +196,19 @@ def h264_roundtrip(
     return np.ascontiguousarray(frames[-1].to_ndarray(format="rgb24")[:h, :w])
 
 
+def jpeg_in_grid(image: np.ndarray, quality: int, source_pixels: float) -> np.ndarray:
+    """``image`` as if its source, ``source_pixels`` across, had been saved at JPEG ``quality``:
+    resampled to that size, round-tripped, and resampled back, so the blocks land where the
+    source's own would have."""
+    size = image.shape[0]
+    side = max(8, round(source_pixels))
+    if abs(side - size) <= 0.05 * size:
+        return jpeg_roundtrip(image, quality)
+    there = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if side < size else cv2.INTER_LINEAR)
+    back = jpeg_roundtrip(there, quality)
+    return cv2.resize(back, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+
+
 def half_size(image: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     return cv2.resize(image, (max(1, width // 2), max(1, height // 2)), interpolation=cv2.INTER_AREA)

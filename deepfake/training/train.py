@@ -39,8 +39,15 @@ from deepfake.faces import limit_detail
 from deepfake.loading import DEFAULT_THRESHOLD, load_model, save_checkpoint
 from deepfake.model import ModelConfig, create_model, head_logits
 from deepfake.training.augment import frame_crop, paired_look
-from deepfake.training.data import CropCache, add_reconstructions, build_cache
-from deepfake.training.degradation import LADDER, Degradation, apply_degradation, degrade_crop, sample_degradation
+from deepfake.training.data import CACHE_MARGIN, CropCache, add_reconstructions, build_cache
+from deepfake.training.degradation import (
+    LADDER,
+    Degradation,
+    apply_degradation,
+    degrade_crop,
+    jpeg_in_grid,
+    sample_degradation,
+)
 from deepfake.training.pseudofakes import decoder_blend, part_swap, resynthesize, self_blend
 
 log = logging.getLogger("deepfake.training.train")
@@ -62,6 +69,18 @@ IGNORE = -1.0  # a head's target that the sample says nothing about
 # compressed media climbs towards the threshold (what made v1 flag news clips). The fake of such a
 # pair weighs less, so that where no evidence survives, the answer leans REAL (optimum w/(1+w)).
 HEAVY_FAKE_WEIGHT = 0.35
+# v2.2: v2.0.0's generation head scored the same press photo 0.53 at 240p and 0.76 at 1080p: it had
+# learned "sharp = generated", since its generated faces are sharp and most of its reals (LFW) are
+# blown up. Pairs now share one level of detail (a member holding more is resampled down to the
+# other's, unless within this tolerance), and a fake folder's partner reals come from every real
+# source in equal shares, so that sharp reals (UTK, FFHQ, video frames) meet the generated faces.
+DETAIL_TOLERANCE = 0.95
+# Compression parity, for the same reason: every real source was saved at JPEG 75, the GAN and SD 2.1
+# faces at 92, and a TAEF2 reconstruction carries no JPEG grid at all; so "no JPEG grid" meant
+# "generated" (v2.0.0 scored clean held-out video frames 0.66 on the generation head, 0.52 once
+# re-saved at JPEG 75). The cleaner member of a pair is re-saved at the other's quality, in its
+# own source's pixel grid, before the shared chain. Quality 100 stands for "no JPEG".
+NO_JPEG = 100
 
 
 def is_heavy(params: Degradation) -> bool:
@@ -145,13 +164,40 @@ class PairSet(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _finish(self, crop: np.ndarray, look_seed: int) -> tuple[np.ndarray, bool]:
-        """Framing, look and degradation (and whether it was heavy): a function of the seed alone,
-        never of the pixels, so both members of a pair get identical parameters."""
+    def detail(self, index: int) -> float:
+        """Share of the model input's resolution that crop ``index`` really holds (1: full detail;
+        LFW faces framed at 192 px hold 0.84 on average, blown up from fewer source pixels)."""
+        if self.cache.spans is None:
+            return 1.0
+        span = float(self.cache.spans[index]) * self.config.face_margin / CACHE_MARGIN
+        return min(1.0, span / self.config.input_size)
+
+    def quality(self, index: int) -> int:
+        """JPEG quality crop ``index``'s file was saved at (NO_JPEG when it was not a JPEG)."""
+        if self.cache.qualities is None:
+            return NO_JPEG
+        return int(self.cache.qualities[index]) or NO_JPEG
+
+    def source_pixels(self, index: int) -> float:
+        """Source pixels across the model's framing of crop ``index``: where its file's JPEG grid was."""
+        if self.cache.spans is None:
+            return float(self.config.input_size)
+        return float(self.cache.spans[index]) * self.config.face_margin / CACHE_MARGIN
+
+    def _finish(self, crop: np.ndarray, look_seed: int, keep_detail: float = 1.0, resave: int = NO_JPEG,
+                source_pixels: float = 0.0) -> tuple[np.ndarray, bool]:  # fmt: skip
+        """Framing, source parity, look and degradation (and whether it was heavy): a function of
+        the seed alone, never of the pixels, so both members of a pair get identical parameters.
+        ``resave`` < NO_JPEG re-saves the framed crop at that JPEG quality in a grid of
+        ``source_pixels``; ``keep_detail`` < 1 then resamples it down to that share of its detail."""
         rng = np.random.default_rng(look_seed)
         heavy = False
         if self.train:
             crop = frame_crop(crop, self.config.face_margin, self.config.input_size, rng)
+            if resave < NO_JPEG:
+                crop = jpeg_in_grid(crop, resave, source_pixels)
+            if keep_detail < DETAIL_TOLERANCE:
+                crop = limit_detail(crop, round(crop.shape[0] * keep_detail))
             crop = paired_look(crop, rng)
             params = sample_degradation(rng)
             crop, heavy = apply_degradation(crop, params, int(rng.integers(2**31))), is_heavy(params)
@@ -170,8 +216,21 @@ class PairSet(Dataset):
         else:
             fake = make_fake(kind, self.cache, real, rng, self.donors, self.recon_row)
         look_seed = int(rng.integers(2**62))
-        (real_pixels, heavy), (fake_pixels, _) = (self._finish(np.asarray(self.cache.crops[real]), look_seed),
-                                                  self._finish(fake, look_seed))  # fmt: skip
+        # Detail parity: the sharper member is brought down to the other's detail, so that the
+        # sources' resolutions (LFW blown up, generated portraits sharp) cannot tell the classes
+        # apart; a made fake shares its real's crop and detail.
+        source = other if kind.startswith("fake:") else real
+        real_detail, fake_detail = self.detail(real), self.detail(source)
+        shared = min(real_detail, fake_detail)
+        # A made fake keeps its real's JPEG grid, except a TAEF2 rendering (whole or pasted).
+        real_quality = self.quality(real)
+        fake_quality = NO_JPEG if kind in ("taef2", "decoder_blend") else self.quality(source)
+        resave = min(real_quality, fake_quality)
+        (real_pixels, heavy), (fake_pixels, _) = (
+            self._finish(np.asarray(self.cache.crops[real]), look_seed, shared / real_detail,
+                         resave if real_quality > resave else NO_JPEG, self.source_pixels(real)),
+            self._finish(fake, look_seed, shared / fake_detail,
+                         resave if fake_quality > resave else NO_JPEG, self.source_pixels(source)))  # fmt: skip
         pixels = torch.from_numpy(np.ascontiguousarray(np.stack([real_pixels, fake_pixels]))).permute(0, 3, 1, 2)
         weights = torch.tensor([1.0, HEAVY_FAKE_WEIGHT if heavy else 1.0])
         return pixels, torch.tensor([(0.0, 0.0), _targets(kind)]), weights
@@ -214,7 +273,8 @@ def draw_pairs(cache: CropCache, kinds: dict[str, list[int]], count: int, rng: n
     for n in chosen:
         kind = names[n]
         if kind.startswith("fake:"):
-            partners = by_source.get(MATCHED_REALS.get(kind, ""), reals)
+            source = MATCHED_REALS.get(kind) or sorted(by_source)[int(rng.integers(len(by_source)))]
+            partners = by_source.get(source, reals)
             pairs.append((int(rng.choice(partners)), kind, int(rng.choice(kinds[kind]))))
         else:
             pairs.append((int(rng.choice(kinds[kind])), kind, -1))
