@@ -167,10 +167,7 @@ class PairSet(Dataset):
     def detail(self, index: int) -> float:
         """Share of the model input's resolution that crop ``index`` really holds (1: full detail;
         LFW faces framed at 192 px hold 0.84 on average, blown up from fewer source pixels)."""
-        if self.cache.spans is None:
-            return 1.0
-        span = float(self.cache.spans[index]) * self.config.face_margin / CACHE_MARGIN
-        return min(1.0, span / self.config.input_size)
+        return min(1.0, self.source_pixels(index) / self.config.input_size)
 
     def quality(self, index: int) -> int:
         """JPEG quality crop ``index``'s file was saved at (NO_JPEG when it was not a JPEG)."""
