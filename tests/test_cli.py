@@ -336,9 +336,12 @@ def test_ctrl_c_cancels_the_jobs_the_scan_left_on_the_server(servers, long_clip)
     """SIGINT to ``python -m deepfake scan --server``: exit 130 with one line, and the job is cancelled."""
     url = servers.main.url
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPFAKE_API_KEY": SERVER_KEYS["scan"]}  # the key from the env
+    # A shell that starts a job in the background (as CI may start the tests) makes it ignore
+    # SIGINT, and children inherit that; a scan run at a terminal has the default, so give it that.
     scan = subprocess.Popen([sys.executable, "-m", "deepfake", "scan", str(long_clip), "--server", url,
                              "--num-frames", "256", "-q"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         _wait_for(lambda: _busy(url) == 1, 120, "the scan's job")
         scan.send_signal(signal.SIGINT)
