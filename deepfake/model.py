@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfake.errors import ModelMismatchError
+
 
 @dataclass
 class ModelConfig:
@@ -34,13 +36,20 @@ class ModelConfig:
     # it raised AUC by about 0.012 against both unseen GAN portraits and pseudo-fakes, for one more
     # forward pass. Temperatures are fitted to the averaged logit.
     flip_average: bool = False
-    # One logit per head. FAKE logit = sum(combine_weights * head logits) + combine_bias, fitted on
-    # validation (a logistic regression), then divided by the checkpoint's temperature. Each head is
-    # also calibrated on its own task (head_temperatures), so its probability can be shown alone.
+    # One logit per head, combined into the FAKE logit by a form fitted on validation, then divided
+    # by the checkpoint's temperature. Each head is also calibrated on its own task
+    # (head_temperatures), so its probability can be shown alone. Forms (COMBINE_FORMS):
+    # - "linear": sum(combine_weights * head logits) + combine_bias (a logistic regression; v2.0-v2.2);
+    # - "mixture": logsumexp(combine_weights * head logits + combine_offsets) + combine_bias. A fake
+    #   is a blend *or* a generated face, so its odds are the sum of the two kinds' odds, each read
+    #   from its own head: one head's strong evidence is enough, where the linear form let a GAN
+    #   face's "not blended" cancel its "generated" and capped the score of what it caught.
     heads: tuple[str, ...] = ("fake",)
     combine_weights: tuple[float, ...] = (1.0,)
     combine_bias: float = 0.0
     head_temperatures: tuple[float, ...] = (1.0,)
+    combine: str = "linear"
+    combine_offsets: tuple[float, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -49,20 +58,26 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         names = ("arch", "input_size", "mean", "std", "face_margin", "detail_size", "flip_average", "heads",
-                 "combine_weights", "combine_bias", "head_temperatures", "extra")  # fmt: skip
+                 "combine_weights", "combine_bias", "head_temperatures", "combine", "combine_offsets", "extra")  # fmt: skip
         known = {k: data[k] for k in names if k in data}
-        for key in ("mean", "std", "combine_weights", "head_temperatures"):
+        for key in ("mean", "std", "combine_weights", "head_temperatures", "combine_offsets"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
         if "heads" in known:
             known["heads"] = tuple(str(v) for v in known["heads"])
         config = cls(**known)
         if not len(config.heads) == len(config.combine_weights) == len(config.head_temperatures):
-            from deepfake.errors import ModelMismatchError
-
             raise ModelMismatchError(f"The model config names {len(config.heads)} heads but has "
                                      f"{len(config.combine_weights)} weights and {len(config.head_temperatures)} temperatures.")  # fmt: skip
+        if config.combine not in COMBINE_FORMS:
+            raise ModelMismatchError(f"Unknown head combination {config.combine!r}; this version knows {COMBINE_FORMS}.")
+        if config.combine == "mixture" and len(config.combine_offsets) != len(config.heads):
+            raise ModelMismatchError(f"A mixture combination needs one offset per head ({len(config.heads)}), "
+                                     f"got {len(config.combine_offsets)}.")  # fmt: skip
         return config
+
+
+COMBINE_FORMS = ("linear", "mixture")
 
 
 def head_logits(
@@ -80,6 +95,9 @@ def head_logits(
 def combine_heads(logits: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """The FAKE logit [B] from head logits [B, heads] (before the checkpoint's temperature)."""
     weights = torch.tensor(config.combine_weights, dtype=logits.dtype, device=logits.device)
+    if config.combine == "mixture":
+        offsets = torch.tensor(config.combine_offsets, dtype=logits.dtype, device=logits.device)
+        return torch.logsumexp(logits * weights + offsets, dim=1) + config.combine_bias
     return logits @ weights + config.combine_bias
 
 

@@ -92,6 +92,7 @@ def test_train_writes_a_loadable_two_head_checkpoint_and_resumes(tiny_data, tmp_
     assert "AUC, self_blend" in checkpoint_metrics(loaded).index  # the dashboard's sidebar shows them
     assert out.with_suffix(".log").read_text().count("chunk 1:") == 1
     assert out.with_name("model.state.pt").exists()
+    assert load_model(out.with_name("model.last.pth")).metrics["history"] == loaded.metrics["history"]
     train_main([*args, "--total-samples", "16"])  # resumes at chunk 2, not from scratch
     log = out.with_suffix(".log").read_text()
     assert "resumed from" in log and "chunk 2:" in log
@@ -320,3 +321,29 @@ def test_a_pair_shares_one_level_of_detail_and_compression(tiny_data, tmp_path, 
     assert not np.array_equal(pixels[1], framed(fake))
     cache.qualities[fake] = 60
     assert np.array_equal(dataset[0][0].permute(0, 2, 3, 1).numpy()[1], framed(fake))
+
+
+def test_the_mixture_combiner_lets_one_head_decide_where_the_linear_one_caps_it():
+    """Fakes are blends (the blending head separates them weakly) or generated faces (the generation
+    head separates them well, and the blending head reads them as *un*blended, as v2.0.0's did).
+    A linear fit must trade one kind against the other; the mixture fit does not, so its generated
+    faces reach a confident score and its calibration error is lower."""
+    from deepfake.evaluation.metrics import expected_calibration_error
+    from deepfake.training.train import fake_scores, fit_combiner
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    real = np.stack([rng.normal(0, 1, n), rng.normal(-2, 1, n)], 1)
+    blend = np.stack([rng.normal(0.8, 1, n), rng.normal(-2, 1, n)], 1)
+    generated = np.stack([rng.normal(-3, 1, n), rng.normal(4, 1, n)], 1)
+    logits = np.concatenate([real, real, blend, generated])  # reals twice: a 1-in-2 base rate
+    labels = np.repeat([0.0, 0.0, 1.0, 1.0], n)
+    scores = {}
+    for form in ("linear", "mixture"):
+        fields = fit_combiner(logits, labels, fake_prior=0.5, form=form)
+        assert fields["combine"] == form
+        scores[form] = fake_scores(logits, ModelConfig(arch="efficientnet_lite0", heads=("blending", "generation"),
+                                                       head_temperatures=(1.0, 1.0), **fields))  # fmt: skip
+    eces = {form: expected_calibration_error(labels.astype(int), s) for form, s in scores.items()}
+    assert np.median(scores["mixture"][3 * n :]) > 0.95 > np.median(scores["linear"][3 * n :])
+    assert eces["mixture"] < eces["linear"] - 0.02, eces

@@ -94,3 +94,37 @@ def test_a_config_whose_heads_do_not_match_its_weights_is_refused(tmp_path):
     save_checkpoint(path, random_model(outputs=2), config)
     with pytest.raises(ModelMismatchError, match="2 heads"):
         load_model(path)
+
+
+def test_a_mixture_combination_scores_as_its_formula_and_explains(tmp_path, hopper_rgb):
+    """v2.3's form: FAKE logit = logsumexp(weights * head logits + offsets) + bias, through loading,
+    scoring and the explaining pass."""
+    from tests.conftest import random_model
+
+    path = tmp_path / "mixture.pth"
+    config = ModelConfig(arch="efficientnet_lite0", heads=("blending", "generation"), combine="mixture",
+                         combine_weights=(0.9, 1.4), combine_offsets=(-1.0, -0.5), combine_bias=0.2,
+                         head_temperatures=(1.5, 0.7))  # fmt: skip
+    save_checkpoint(path, random_model(1, outputs=2), config)
+    engine = DetectionEngine.load(path, device="cpu")
+    assert engine.model.config.combine == "mixture" and engine.model.config.combine_offsets == (-1.0, -0.5)
+    crop = engine.crop(hopper_rgb, engine.faces_for([hopper_rgb])[0][0].box).pixels
+    with torch.inference_mode():
+        logits = head_logits(engine.model.module, engine._tensor([crop]), engine.model.config)[0].numpy()
+    combined = np.logaddexp(0.9 * logits[0] - 1.0, 1.4 * logits[1] - 0.5) + 0.2
+    assert engine.score_heads([crop]).fake[0] == pytest.approx(1 / (1 + np.exp(-combined)), abs=1e-5)
+    explained, cams = engine.score_and_cams([crop])
+    assert explained.fake[0] == pytest.approx(1 / (1 + np.exp(-combined)), abs=1e-5) and np.ptp(cams[0]) > 0
+
+
+@pytest.mark.parametrize(("changes", "message"), [({"combine": "product"}, "Unknown head combination"),
+                                                  ({"combine": "mixture"}, "one offset per head")])  # fmt: skip
+def test_a_combination_this_version_cannot_compute_is_refused(tmp_path, changes, message):
+    from tests.conftest import random_model
+
+    path = tmp_path / "odd.pth"
+    config = ModelConfig(arch="efficientnet_lite0", heads=("blending", "generation"), combine_weights=(1.0, 1.0),
+                         head_temperatures=(1.0, 1.0), **changes)  # fmt: skip
+    save_checkpoint(path, random_model(outputs=2), config)
+    with pytest.raises(ModelMismatchError, match=message):
+        load_model(path)

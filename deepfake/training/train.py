@@ -11,8 +11,8 @@ degradation can tell the classes apart; only the manipulation can.
 
 Faces are detected and cropped once into a cache; training runs for ``--total-samples`` in
 ``--epoch-size`` chunks. Each chunk ends with a validation on identity-disjoint faces, a resumable
-state (``<out>.state.pt``) and, when the selection score improves, a calibrated checkpoint at
-``--out``. ``--init CHECKPOINT --total-samples 0`` only recalibrates a trained model.
+state (``<out>.state.pt``), the chunk's calibrated checkpoint (``<out>.last.pth``) and, when the
+selection score improves, a calibrated checkpoint at ``--out``. ``--init CHECKPOINT --total-samples 0`` only recalibrates a trained model.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from deepfake.engine import select_device
 from deepfake.evaluation.metrics import expected_calibration_error, fit_temperature, roc_auc
 from deepfake.faces import limit_detail
 from deepfake.loading import DEFAULT_THRESHOLD, load_model, save_checkpoint
-from deepfake.model import ModelConfig, create_model, head_logits
+from deepfake.model import COMBINE_FORMS, ModelConfig, combine_heads, create_model, head_logits
 from deepfake.training.augment import frame_crop, paired_look
 from deepfake.training.data import CACHE_MARGIN, CropCache, add_reconstructions, build_cache
 from deepfake.training.degradation import (
@@ -112,7 +112,11 @@ class TrainConfig:
     val_per_kind: int = 200
     workers: int = 1
     device: str | None = None
-    bf16: bool = True  # bfloat16 autocast on CPUs that have it: about twice as fast, same accuracy
+    # bfloat16 autocast on the CPU: measure before turning it on. It was about twice as fast on the
+    # machines v2.0 trained on, and 1.6x slower on a later 2-core Xeon with AMX (3.09 s against
+    # 1.92 s a step of 32 samples at 192 px, float32 channels-last), which is why v2.2 trained at
+    # half the speed.
+    bf16: bool = False
     max_steps: int | None = None  # stop early (tests)
     version: str = "2.0.0"
     flip_average: bool = True
@@ -120,6 +124,9 @@ class TrainConfig:
     # balanced classes, a weakly separated kind puts reals near 0.5 and many over 0.6; a screening
     # prior makes a FAKE verdict at 0.6 mean a likelihood ratio of 4.5 or more, not 1.5.
     fake_prior: float = 0.25
+    # How the heads' logits make the FAKE logit (ModelConfig.combine); v2.3 measured "mixture"
+    # against "linear" on the same validation (model card).
+    combine: str = "mixture"
 
 
 def _targets(kind: str) -> tuple[float, float]:
@@ -336,33 +343,46 @@ def run_validation(model, cache, pairs, config, model_config, device) -> Validat
     return Validation(np.array(kinds), logits)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
-
-
-def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float) -> tuple[tuple[float, ...], float]:
-    """Logistic regression of the FAKE label on the head logits, with fakes weighted to
-    ``fake_prior`` of the total (the probability then means the same whatever the mix of kinds
-    in validation)."""
+def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float,
+                 form: str = "mixture") -> dict:  # fmt: skip
+    """The ``form`` (``ModelConfig.combine``) of the FAKE logit on the head logits that best
+    predicts the FAKE label, with fakes weighted to ``fake_prior`` of the total (the probability
+    then means the same whatever the mix of kinds in validation). Returns ModelConfig fields.
+    The linear form is a logistic regression (convex); the mixture starts from it."""
     x = torch.tensor(logits, dtype=torch.float64)
     y = torch.tensor(labels, dtype=torch.float64)
     weight = torch.where(y > 0.5, fake_prior / max(1, int(labels.sum())),
                          (1 - fake_prior) / max(1, int((1 - labels).sum())))  # fmt: skip
     w = torch.ones(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+    o = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
 
-    def closure():
-        optimizer.zero_grad()
-        loss = (weight * nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")).sum()
-        loss.backward()
-        return loss
+    def fit(params: list[torch.Tensor], combined) -> None:
+        optimizer = torch.optim.LBFGS(params, max_iter=200, line_search_fn="strong_wolfe")
 
-    optimizer.step(closure)
-    return tuple(round(float(v), 5) for v in w.detach()), round(float(b.detach()), 5)
+        def closure():
+            optimizer.zero_grad()
+            loss = (weight * nn.functional.binary_cross_entropy_with_logits(combined(), y, reduction="none")).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+
+    fit([w, b], lambda: x @ w + b)
+    if form == "linear":
+        return {"combine": "linear", "combine_weights": _rounded(w), "combine_bias": round(float(b.detach()), 5),
+                "combine_offsets": ()}  # fmt: skip
+    with torch.no_grad():  # from the linear fit's weights, each head's term with an even share of its bias
+        o.fill_(float(b) - math.log(x.shape[1]))
+    fit([w, o], lambda: torch.logsumexp(x * w + o, dim=1))
+    return {"combine": "mixture", "combine_weights": _rounded(w), "combine_bias": 0.0, "combine_offsets": _rounded(o)}
 
 
-def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float) -> ModelConfig:
+def _rounded(values: torch.Tensor) -> tuple[float, ...]:
+    return tuple(round(float(v), 5) for v in values.detach())
+
+
+def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float, form: str = "mixture") -> ModelConfig:
     """Head temperatures (each head on its own task) and the combiner, fitted on all conditions
     pooled, so the calibration holds for re-encoded files too."""
     used = val.kinds != "repeat"
@@ -375,18 +395,21 @@ def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float) -> 
         mask = is_real | np.isin(kinds, own)
         temperatures.append(round(fit_temperature(logits[mask, h], (~is_real[mask]).astype(float)), 5)
                             if own else 1.0)  # fmt: skip
-    weights, bias = fit_combiner(logits, (~is_real).astype(float), fake_prior)
-    return ModelConfig(**{**asdict(model_config), "combine_weights": weights, "combine_bias": bias,
-                          "head_temperatures": tuple(temperatures)})  # fmt: skip
+    combiner = fit_combiner(logits, (~is_real).astype(float), fake_prior, form)
+    return ModelConfig(**{**asdict(model_config), **combiner, "head_temperatures": tuple(temperatures)})
+
+
+def fake_scores(logits: np.ndarray, model_config: ModelConfig) -> np.ndarray:
+    """Calibrated FAKE probabilities of head logits [N, heads], as the engine computes them."""
+    return torch.sigmoid(combine_heads(torch.from_numpy(logits).double(), model_config)).numpy()
 
 
 def summarise(val: Validation, model_config: ModelConfig) -> dict:
     """Per condition and kind: AUC of the calibrated FAKE score (real vs that kind), the false-alarm
     rate at the threshold and the reals' mean score; plus ECE per kind as given."""
-    weights = np.array(model_config.combine_weights)
     report: dict = {}
     for condition in CONDITIONS:
-        scores = _sigmoid(val.logits[condition] @ weights + model_config.combine_bias)
+        scores = fake_scores(val.logits[condition], model_config)
         reals = val.kinds == "real"
         row = {"false_alarms": round(float((scores[reals] >= DEFAULT_THRESHOLD).mean()), 4),
                "real_mean": round(float(scores[reals].mean()), 4)}  # fmt: skip
@@ -499,7 +522,7 @@ def train(config: TrainConfig) -> dict:
                 break
         seconds = time.time() - started
         val = run_validation(model, cache, val_pairs, config, model_config, device)
-        calibrated = calibrate(val, model_config, config.fake_prior)
+        calibrated = calibrate(val, model_config, config.fake_prior, config.combine)
         report = summarise(val, calibrated)
         samples = (epoch + 1) * steps_per_epoch * 2 * pairs_per_batch
         final = {"chunk": epoch + 1, "samples": samples, "loss": round(float(np.mean(running)), 5),
@@ -510,13 +533,17 @@ def train(config: TrainConfig) -> dict:
         if report["selection"] > best:
             best = report["selection"]
             _save(out, model, calibrated, report, history, cache, config, lineage, train_kinds)
+        # The selection score is noisy (100 pairs a kind): the latest chunk is kept too, so that a run
+        # whose score peaked early can still be judged at its end, by the full evaluation.
+        _save(out.with_name(out.stem + ".last.pth"), model, calibrated, report, history, cache, config, lineage,
+              train_kinds)  # fmt: skip
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "epoch": epoch + 1, "history": json.dumps(history), "best": best}, state_path)  # fmt: skip
         if config.max_steps and step >= config.max_steps:
             break
     if epochs == 0 or start_epoch >= epochs:  # recalibration only (or a finished run asked again)
         val = run_validation(model, cache, val_pairs, config, model_config, device)
-        calibrated = calibrate(val, model_config, config.fake_prior)
+        calibrated = calibrate(val, model_config, config.fake_prior, config.combine)
         final = summarise(val, calibrated)
         _save(out, model, calibrated, final, history, cache, config, lineage, train_kinds)
     return final
@@ -532,8 +559,9 @@ def _save(out: Path, model: nn.Module, model_config: ModelConfig, report: dict, 
     save_checkpoint(out, model, model_config, threshold=DEFAULT_THRESHOLD, temperature=1.0, metrics=metrics,
                     trained_on=trained_on, version=config.version,
                     extra={"name": f"{config.arch}-deepfake", "train_config": asdict(config), "lineage": lineage})  # fmt: skip
-    log.info("wrote %s (selection %.4f, combiner %s + %s, head temperatures %s)", out, report["selection"],
-             model_config.combine_weights, model_config.combine_bias, model_config.head_temperatures)  # fmt: skip
+    log.info("wrote %s (selection %.4f, %s combiner %s / %s + %s, head temperatures %s)", out, report["selection"],
+             model_config.combine, model_config.combine_weights, model_config.combine_offsets, model_config.combine_bias,
+             model_config.head_temperatures)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -550,12 +578,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for name in ("lr", "weight_decay", "face_margin", "val_fraction", "fake_prior"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     parser.add_argument("--arch", default=defaults.arch)
+    parser.add_argument("--combine", choices=COMBINE_FORMS, default=defaults.combine,
+                        help="how the heads' logits make the FAKE score (fitted on validation)")
     parser.add_argument("--leave-out", nargs="*", default=[],
                         help="fake kinds to hold out of training: fake:<folder>, taef2, decoder_blend, ...")  # fmt: skip
     parser.add_argument("--init", help="start from this checkpoint")
     parser.add_argument("--device")
     parser.add_argument("--version", default=defaults.version)
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=defaults.bf16,
+                        help="bfloat16 autocast on the CPU (measure first: it can be slower than float32)")
     parser.add_argument("--no-flip-average", dest="flip_average", action="store_false",
                         help="score crops as given, without averaging with their mirror image")  # fmt: skip
     return TrainConfig(**vars(parser.parse_args(argv)))
