@@ -12,7 +12,8 @@ degradation can tell the classes apart; only the manipulation can.
 Faces are detected and cropped once into a cache; training runs for ``--total-samples`` in
 ``--epoch-size`` chunks. Each chunk ends with a validation on identity-disjoint faces, a resumable
 state (``<out>.state.pt``), the chunk's calibrated checkpoint (``<out>.last.pth``) and, when the
-selection score improves, a calibrated checkpoint at ``--out``. ``--init CHECKPOINT --total-samples 0`` only recalibrates a trained model.
+selection score improves, a calibrated checkpoint at ``--out``. ``--init CHECKPOINT --total-samples 0``
+only recalibrates a trained model.
 """
 
 from __future__ import annotations
@@ -356,7 +357,6 @@ def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float,
                          (1 - fake_prior) / max(1, int((1 - labels).sum())))  # fmt: skip
     w = torch.ones(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    o = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
 
     def fit(params: list[torch.Tensor], combined) -> None:
         optimizer = torch.optim.LBFGS(params, max_iter=200, line_search_fn="strong_wolfe")
@@ -373,8 +373,8 @@ def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float,
     if form == "linear":
         return {"combine": "linear", "combine_weights": _rounded(w), "combine_bias": round(float(b.detach()), 5),
                 "combine_offsets": ()}  # fmt: skip
-    with torch.no_grad():  # from the linear fit's weights, each head's term with an even share of its bias
-        o.fill_(float(b) - math.log(x.shape[1]))
+    # From the linear fit's weights, each head's term with an even share of its bias.
+    o = torch.full((x.shape[1],), float(b.detach()) - math.log(x.shape[1]), dtype=torch.float64, requires_grad=True)
     fit([w, o], lambda: torch.logsumexp(x * w + o, dim=1))
     return {"combine": "mixture", "combine_weights": _rounded(w), "combine_bias": 0.0, "combine_offsets": _rounded(o)}
 
