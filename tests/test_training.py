@@ -347,3 +347,27 @@ def test_the_mixture_combiner_lets_one_head_decide_where_the_linear_one_caps_it(
     eces = {form: expected_calibration_error(labels.astype(int), s) for form, s in scores.items()}
     assert np.median(scores["mixture"][3 * n :]) > 0.95 > np.median(scores["linear"][3 * n :])
     assert eces["mixture"] < eces["linear"] - 0.02, eces
+
+
+def test_the_mixture_calls_no_more_reals_fake_than_the_linear_fit():
+    """Reals whose blending logit is heavy-tailed: the best-fitting mixture lets those tails through
+    the threshold; the fitted one is shifted down until its false alarms are the linear fit's."""
+    from deepfake.evaluation.metrics import roc_auc
+    from deepfake.training.train import fake_scores, fit_combiner
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    real = np.stack([rng.standard_t(2, n) * 0.8, rng.normal(-2, 1, n)], 1)
+    blend = np.stack([rng.normal(1.5, 1, n), rng.normal(-2, 1, n)], 1)
+    generated = np.stack([rng.normal(-3, 1, n), rng.normal(4, 1, n)], 1)
+    logits = np.concatenate([real, blend, generated])
+    labels = np.repeat([0.0, 1.0, 1.0], n)
+    alarms, aucs = {}, {}
+    for form in ("linear", "mixture"):
+        fields = fit_combiner(logits, labels, fake_prior=0.25, form=form, threshold=0.6)
+        scores = fake_scores(logits, ModelConfig(arch="efficientnet_lite0", heads=("blending", "generation"),
+                                                 head_temperatures=(1.0, 1.0), **fields))  # fmt: skip
+        alarms[form] = float((scores[:n] >= 0.6).mean())
+        aucs[form] = roc_auc(labels[: 2 * n].astype(int), scores[: 2 * n])  # reals against blends
+    assert 0 < alarms["mixture"] <= alarms["linear"], alarms
+    assert aucs["mixture"] >= aucs["linear"] - 0.005, aucs
