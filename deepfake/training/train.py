@@ -345,7 +345,7 @@ def run_validation(model, cache, pairs, config, model_config, device) -> Validat
     return Validation(np.array(kinds), logits)
 
 
-def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float, form: str = "linear",
+def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float, form: str,
                  threshold: float = DEFAULT_THRESHOLD) -> dict:  # fmt: skip
     """The ``form`` (``ModelConfig.combine``) of the FAKE logit on the head logits that best
     predicts the FAKE label, with fakes weighted to ``fake_prior`` of the total (the probability
@@ -374,9 +374,9 @@ def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float, form
     if form == "linear":
         return {"combine": "linear", "combine_weights": _rounded(w), "combine_bias": round(float(b.detach()), 5),
                 "combine_offsets": ()}  # fmt: skip
-    # From the linear fit's weights, each head's term with an even share of its bias.
     reals, cut = x[y < 0.5], math.log(threshold / (1 - threshold))
     allowed = int(((reals @ w + b).detach() >= cut).sum())  # the linear fit's false alarms
+    # From the linear fit's weights, each head's term with an even share of its bias.
     o = torch.full((x.shape[1],), float(b.detach()) - math.log(x.shape[1]), dtype=torch.float64, requires_grad=True)
     fit([w, o], lambda: torch.logsumexp(x * w + o, dim=1))
     # v2.3.0: the best-fitting mixture called 4.4% of validation reals FAKE (the linear fit 1.5%) and
@@ -392,7 +392,7 @@ def _rounded(values: torch.Tensor) -> tuple[float, ...]:
     return tuple(round(float(v), 5) for v in values.detach())
 
 
-def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float, form: str = "linear") -> ModelConfig:
+def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float, form: str) -> ModelConfig:
     """Head temperatures (each head on its own task) and the combiner, fitted on all conditions
     pooled, so the calibration holds for re-encoded files too."""
     used = val.kinds != "repeat"
