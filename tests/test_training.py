@@ -264,7 +264,8 @@ def test_a_pair_shares_framing_look_and_degradation(tiny_data, tmp_path, monkeyp
     cache = build_cache(tiny_data, tmp_path / "cache", val_fraction=0.5)
     config = train_module.TrainConfig(data=str(tiny_data), out=str(tmp_path / "m.pth"), input_size=64)
     kinds = train_module.kinds_available(cache, config, validation=False)
-    pairs = train_module.draw_pairs(cache, {"self_blend": kinds["self_blend"]}, 40, np.random.default_rng(0), False)
+    pairs = train_module.draw_pairs(cache, {"self_blend": kinds["self_blend"]}, 40, np.random.default_rng(0),
+                                    train_module.MIXTURE)  # fmt: skip
     monkeypatch.setattr(train_module, "make_fake", lambda kind, cache, index, *rest: np.asarray(cache.crops[index]))
     dataset = train_module.PairSet(cache, pairs, np.array(kinds["self_blend"]), config, train=True)
     heavy = 0
@@ -274,6 +275,36 @@ def test_a_pair_shares_framing_look_and_degradation(tiny_data, tmp_path, monkeyp
         assert targets[0].tolist() == [0.0, 0.0] and targets[1].tolist() == [1.0, 0.0]
         heavy += weights[1].item() < 1
     assert 0 < heavy < len(pairs)  # some pairs are heavily degraded, and their fake weighs less
+
+
+def test_the_mixture_and_the_degradation_are_the_run_s_to_set(tiny_data, tmp_path, capsys):
+    """--mixture replaces the named kinds' shares, --degradation the chain's probabilities; both reach
+    the pairs drawn and the chain applied, and bad names or values end the run with a message."""
+    from deepfake.training import train as train_module
+    from deepfake.training.data import build_cache
+
+    config = train_module.parse_args(["--data", str(tiny_data), "--out", str(tmp_path / "m.pth"), "--input-size", "64",
+                                      "--mixture", "self_blend=0", "part_swap=1",
+                                      "--degradation", "tone=0", "blur=0", "noise=0", "resize=0", "h264=0",
+                                      "jpeg_heavy=0", "jpeg_light=0"])  # fmt: skip
+    assert config.mixture == {**train_module.MIXTURE, "self_blend": 0.0, "part_swap": 1.0}
+    cache = build_cache(tiny_data, tmp_path / "cache", val_fraction=0.5)
+    kinds = train_module.kinds_available(cache, config, validation=False)
+    kinds = {k: kinds[k] for k in ("self_blend", "part_swap")}
+    pairs = train_module.draw_pairs(cache, kinds, 30, np.random.default_rng(0), config.mixture)
+    assert {kind for _, kind, _ in pairs} == {"part_swap"}
+    quiet = train_module.PairSet(cache, pairs, np.array(kinds["self_blend"]), config, train=True)
+    assert all(quiet[i][2][1].item() == 1.0 for i in range(len(pairs)))  # no step drawn, so never heavy
+    default = train_module.TrainConfig(data=str(tiny_data), out=str(tmp_path / "m.pth"), input_size=64)
+    usual = train_module.PairSet(cache, pairs, np.array(kinds["self_blend"]), default, train=True)
+    assert any(usual[i][2][1].item() < 1.0 for i in range(len(pairs)))
+    for bad, message in ((["--mixture", "nose_swap=0.2"], "unknown name 'nose_swap'"),
+                         (["--mixture", "self_blend=-1"], "must not be negative"),
+                         (["--degradation", "h264=2"], "h264 is a probability"),
+                         (["--degradation", "h264_crf=30"], "unknown name 'h264_crf'")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            train_module.parse_args(["--data", str(tiny_data), *bad])
+        assert message in capsys.readouterr().err
 
 
 def test_a_pair_shares_one_level_of_detail_and_compression(tiny_data, tmp_path, monkeypatch):
@@ -293,7 +324,7 @@ def test_a_pair_shares_one_level_of_detail_and_compression(tiny_data, tmp_path, 
     config = train_module.TrainConfig(data=str(tiny_data), out=str(tmp_path / "m.pth"), input_size=64)
     kinds = train_module.kinds_available(cache, config, validation=False)
     real, fake = kinds["self_blend"][0], kinds["fake:blurred"][0]
-    monkeypatch.setattr(train_module, "sample_degradation", lambda rng: Degradation())
+    monkeypatch.setattr(train_module, "sample_degradation", lambda rng, config: Degradation())
     monkeypatch.setattr(train_module, "paired_look", lambda image, rng: image)
     dataset = train_module.PairSet(cache, [(real, "fake:blurred", fake)], np.array([real]), config, train=True)
     # The real's crop spans 32 source pixels at the model's framing: half the input's detail.

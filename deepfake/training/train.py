@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from deepfake.training.data import CACHE_MARGIN, CropCache, add_reconstructions,
 from deepfake.training.degradation import (
     LADDER,
     Degradation,
+    DegradationConfig,
     apply_degradation,
     degrade_crop,
     jpeg_in_grid,
@@ -129,6 +130,10 @@ class TrainConfig:
     # than the linear form; fitted freely it flagged an authentic news clip (v2.3.0), so its false
     # alarms are now held to the linear fit's (fit_combiner), and on v2.4's weights it beat linear.
     combine: str = "mixture"
+    # Share of pairs per kind (MIXTURE's keys), and DegradationConfig fields that differ from its
+    # defaults: both travel with the checkpoint's train_config, so a run says how it was made.
+    mixture: dict[str, float] = field(default_factory=lambda: dict(MIXTURE))
+    degradation: dict[str, float] = field(default_factory=dict)
 
 
 def _targets(kind: str) -> tuple[float, float]:
@@ -167,6 +172,7 @@ class PairSet(Dataset):
                  config: TrainConfig, train: bool, condition: str = "as given") -> None:  # fmt: skip
         self.cache, self.pairs, self.donors, self.config, self.train = cache, pairs, donors, config, train
         self.condition = condition
+        self.degradation = DegradationConfig(**config.degradation)
         self.recon_row = cache.reconstruction_of()
         self.epoch = 0
 
@@ -205,7 +211,7 @@ class PairSet(Dataset):
             if keep_detail < DETAIL_TOLERANCE:
                 crop = limit_detail(crop, round(crop.shape[0] * keep_detail))
             crop = paired_look(crop, rng)
-            params = sample_degradation(rng)
+            params = sample_degradation(rng, self.degradation)
             crop, heavy = apply_degradation(crop, params, int(rng.integers(2**31))), is_heavy(params)
         else:
             crop = frame_crop(crop, self.config.face_margin, self.config.input_size, None)
@@ -266,14 +272,15 @@ def kinds_available(cache: CropCache, config: TrainConfig, validation: bool) -> 
 
 
 def draw_pairs(cache: CropCache, kinds: dict[str, list[int]], count: int, rng: np.random.Generator,
-               validation: bool) -> list[tuple[int, str, int]]:  # fmt: skip
-    """``count`` pairs (real index, kind, fake index or -1) with kinds in MIXTURE proportions."""
+               mixture: dict[str, float]) -> list[tuple[int, str, int]]:  # fmt: skip
+    """``count`` pairs (real index, kind, fake index or -1) with kinds in ``mixture`` proportions
+    (a fake folder it does not name gets 0.1)."""
     reals = kinds["self_blend"]
     by_source: dict[str, list[int]] = {}
     for i in reals:
         by_source.setdefault(cache.records[i].source, []).append(i)
-    names = [k for k in MIXTURE if k in kinds] + [k for k in kinds if k.startswith("fake:") and k not in MIXTURE]
-    weights = np.array([MIXTURE.get(k, 0.1) for k in names])
+    names = [k for k in mixture if k in kinds] + [k for k in kinds if k.startswith("fake:") and k not in mixture]
+    weights = np.array([mixture.get(k, 0.1) for k in names])
     chosen = rng.choice(len(names), size=count, p=weights / weights.sum())
     pairs = []
     for n in chosen:
@@ -505,7 +512,7 @@ def train(config: TrainConfig) -> dict:
         train_kinds = kinds_available(cache, config, False)
         log.info("chunk %d kinds %s", epoch + 1, {k: len(v) for k, v in train_kinds.items()})
         rng = np.random.default_rng((config.seed, epoch))
-        dataset = PairSet(cache, draw_pairs(cache, train_kinds, steps_per_epoch * pairs_per_batch, rng, False),
+        dataset = PairSet(cache, draw_pairs(cache, train_kinds, steps_per_epoch * pairs_per_batch, rng, config.mixture),
                           donors, config, train=True)  # fmt: skip
         dataset.epoch = epoch
         loader = DataLoader(dataset, batch_size=pairs_per_batch, shuffle=False, num_workers=config.workers,
@@ -592,6 +599,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="how the heads' logits make the FAKE score (fitted on validation)")
     parser.add_argument("--leave-out", nargs="*", default=[],
                         help="fake kinds to hold out of training: fake:<folder>, taef2, decoder_blend, ...")  # fmt: skip
+    parser.add_argument("--mixture", nargs="*", default=[], metavar="KIND=SHARE",
+                        help=f"shares of pairs per kind, replacing the named ones of {MIXTURE}")
+    parser.add_argument("--degradation", nargs="*", default=[], metavar="FIELD=PROBABILITY",
+                        help="how often each degradation step is drawn (DegradationConfig's probabilities)")
     parser.add_argument("--init", help="start from this checkpoint")
     parser.add_argument("--device")
     parser.add_argument("--version", default=defaults.version)
@@ -599,7 +610,31 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="bfloat16 autocast on the CPU (measure first: it can be slower than float32)")
     parser.add_argument("--no-flip-average", dest="flip_average", action="store_false",
                         help="score crops as given, without averaging with their mirror image")  # fmt: skip
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    args = vars(parser.parse_args(argv))
+    probabilities = [f.name for f in fields(DegradationConfig) if f.type == "float"]
+    args["mixture"] = {**MIXTURE, **_assignments(parser, "--mixture", args["mixture"], list(MIXTURE))}
+    args["degradation"] = _assignments(parser, "--degradation", args["degradation"], probabilities)
+    try:
+        DegradationConfig(**args["degradation"])
+    except ValueError as exc:
+        parser.error(f"--degradation: {exc}")
+    return TrainConfig(**args)
+
+
+def _assignments(parser: argparse.ArgumentParser, option: str, values: list[str], known: list[str]) -> dict[str, float]:
+    """``NAME=NUMBER`` arguments as a dict; unknown names and bad numbers end the run with a message."""
+    out = {}
+    for value in values:
+        name, _, number = value.partition("=")
+        if name not in known:
+            parser.error(f"{option}: unknown name {name!r}; known: {', '.join(known)}")
+        try:
+            out[name] = float(number)
+        except ValueError:
+            parser.error(f"{option}: {value!r} is not NAME=NUMBER")
+        if out[name] < 0:
+            parser.error(f"{option}: {name} must not be negative")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
