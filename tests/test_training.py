@@ -133,6 +133,49 @@ def test_train_writes_a_loadable_two_head_checkpoint_and_resumes(tiny_data, tmp_
                     "--init", str(out), str(tmp_path / "one.pth"), "--total-samples", "0", *TINY])  # fmt: skip
 
 
+def test_change_maps_mark_the_manipulation_and_train_a_head_the_checkpoint_leaves_out(tiny_data, tmp_path,
+                                                                                       monkeypatch):
+    """A pair's change map marks where its made fake differs from its real after the shared chain (a
+    self-blend: inside the face, not the whole crop; the real: nowhere); a fake folder's picture is
+    not made from its real, so its map is UNKNOWN. With --mask-loss the change-map convolution trains
+    and resumes from the run's state, and the checkpoint keeps the model's own layout only."""
+    from deepfake.training import train as train_module
+
+    cache = build_cache(tiny_data, tmp_path / "cache", val_fraction=0.5)
+    config = train_module.TrainConfig(data=str(tiny_data), out=str(tmp_path / "m.pth"), input_size=64,
+                                      degradation={k: 0.0 for k in ("tone", "blur", "noise", "resize", "h264",
+                                                                    "jpeg_heavy", "jpeg_light")})  # fmt: skip
+    kinds = train_module.kinds_available(cache, config, validation=False)
+    real, fake = kinds["self_blend"][0], kinds["fake:blurred"][0]
+    pairs = [(real, "self_blend", -1), (real, "fake:blurred", fake)]
+    dataset = train_module.PairSet(cache, pairs, np.array([real]), config, train=True)
+    pixels, _, _, changed = dataset[0]
+    assert not changed[0].any()
+    assert torch.equal(changed[1], torch.from_numpy(train_module.change_map(*pixels.permute(0, 2, 3, 1).numpy())))
+    assert 0.02 < changed[1].float().mean() < 0.9  # a region of the face, not nothing, not everything
+    assert not changed[1][:4].any() and not changed[1][:, :4].any()  # the crop's border is never blended
+    assert (dataset[1][3][1] == train_module.UNKNOWN).all()
+    # A TAEF2 rendering is re-saved at its real's quality (here 30) and its real is not: the map
+    # compares it with the real re-saved alike, so a rendering identical to its crop marks nothing.
+    monkeypatch.setattr(train_module, "make_fake", lambda kind, cache, index, *rest: np.asarray(cache.crops[index]))
+    cache.qualities[real] = 30
+    pixels, _, _, changed = train_module.PairSet(cache, [(real, "decoder_blend", -1)], np.array([real]), config,
+                                                 train=True)[0]  # fmt: skip
+    assert not torch.equal(pixels[0], pixels[1]) and not changed.any()
+
+    out = tmp_path / "masked.pth"
+    args = ["--data", str(tiny_data), "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY, "--mask-loss", "0.5"]
+    train_main([*args, "--total-samples", "8"])
+    state = torch.load(out.with_name("masked.state.pt"), weights_only=True)
+    assert set(state["change_head"]) == {"conv.weight", "conv.bias"}
+    saved = torch.load(out, weights_only=True)
+    assert saved["train_config"]["mask_loss"] == 0.5
+    assert set(saved["state_dict"]) == set(create_model("efficientnet_lite0", num_outputs=2).state_dict())
+    train_main([*args, "--total-samples", "16"])
+    after = torch.load(out.with_name("masked.state.pt"), weights_only=True)
+    assert after["epoch"] == 2 and not torch.equal(after["change_head"]["conv.weight"], state["change_head"]["conv.weight"])
+
+
 def test_left_out_kinds_are_never_trained_on(tiny_data, tmp_path):
     out = tmp_path / "unseen.pth"
     train_main(["--data", str(tiny_data), "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY,
@@ -288,9 +331,10 @@ def test_a_pair_shares_framing_look_and_degradation(tiny_data, tmp_path, monkeyp
     dataset = train_module.PairSet(cache, pairs, np.array(kinds["self_blend"]), config, train=True)
     heavy = 0
     for i in range(len(pairs)):
-        pixels, targets, weights = dataset[i]
+        pixels, targets, weights, changed = dataset[i]
         assert torch.equal(pixels[0], pixels[1]), f"pair {i} was degraded differently"
         assert targets[0].tolist() == [0.0, 0.0] and targets[1].tolist() == [1.0, 0.0]
+        assert not changed.any()  # nothing was manipulated, so nothing is marked as changed
         heavy += weights[1].item() < 1
     assert 0 < heavy < len(pairs)  # some pairs are heavily degraded, and their fake weighs less
 

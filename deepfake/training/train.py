@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -83,6 +84,11 @@ DETAIL_TOLERANCE = 0.95
 # re-saved at JPEG 75). The cleaner member of a pair is re-saved at the other's quality, in its
 # own source's pixel grid, before the shared chain. Quality 100 stands for "no JPEG".
 NO_JPEG = 100
+# Where a made fake differs from its real after the shared chain (what the model could see), as a
+# per-pixel map: mean absolute difference over the channels, smoothed over 5x5 pixels, above this
+# many grey levels. A fake folder's picture is not made from its partner: its map is UNKNOWN.
+CHANGE_LEVEL = 2.0
+UNKNOWN = 255
 
 
 def is_heavy(params: Degradation) -> bool:
@@ -131,6 +137,11 @@ class TrainConfig:
     # than the linear form; fitted freely it flagged an authentic news clip (v2.3.0), so its false
     # alarms are now held to the linear fit's (fit_combiner), and on v2.4's weights it beat linear.
     combine: str = "mixture"
+    # Weight of the change-map loss: a training-only 1x1 convolution on the last feature map predicts,
+    # cell by cell, where the fake differs from its real (``change_map``), so that the features the
+    # heads pool must locate the manipulation (as Face X-ray's boundary supervision does), not only
+    # register it. The checkpoint does not keep that convolution: inference is unchanged. 0: off.
+    mask_loss: float = 0.0
     # Share of pairs per kind (MIXTURE's keys), and DegradationConfig fields that differ from its
     # defaults: both travel with the checkpoint's train_config, so a run says how it was made.
     mixture: dict[str, float] = field(default_factory=lambda: dict(MIXTURE))
@@ -165,9 +176,16 @@ def make_fake(kind: str, cache: CropCache, index: int, rng: np.random.Generator,
     return reconstruction  # taef2
 
 
+def change_map(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
+    """uint8 [S, S]: 1 where ``fake`` differs visibly from ``real`` (both uint8 RGB, same chain)."""
+    difference = np.abs(real.astype(np.float32) - fake.astype(np.float32)).mean(axis=2)
+    return (cv2.blur(difference, (5, 5)) > CHANGE_LEVEL).astype(np.uint8)
+
+
 class PairSet(Dataset):
-    """Item = one pair (real, fake) as uint8 [2, 3, S, S], targets [2, 2] (IGNORE = no target) and
-    loss weights [2]."""
+    """Item = one pair (real, fake) as uint8 [2, 3, S, S], targets [2, 2] (IGNORE = no target), loss
+    weights [2] and change maps uint8 [2, S, S] (``change_map``; the real's is 0, UNKNOWN where the
+    fake is not made from its real)."""
 
     def __init__(self, cache: CropCache, pairs: list[tuple[int, str, int]], donors: np.ndarray,
                  config: TrainConfig, train: bool, condition: str = "as given") -> None:  # fmt: skip
@@ -246,7 +264,16 @@ class PairSet(Dataset):
                          resave if fake_quality > resave else NO_JPEG, self.source_pixels(source)))  # fmt: skip
         pixels = torch.from_numpy(np.ascontiguousarray(np.stack([real_pixels, fake_pixels]))).permute(0, 3, 1, 2)
         weights = torch.tensor([1.0, HEAVY_FAKE_WEIGHT if heavy else 1.0])
-        return pixels, torch.tensor([(0.0, 0.0), _targets(kind)]), weights
+        changed = np.zeros((2, *real_pixels.shape[:2]), np.uint8)
+        if kind.startswith("fake:"):
+            changed[1] = UNKNOWN
+        else:
+            # A TAEF2 rendering was re-saved at its real's quality; that re-save alone changes about a
+            # third of a crop by 2 grey levels or more, so the map compares it with its real re-saved alike.
+            reference = real_pixels if fake_quality <= resave else self._finish(
+                np.asarray(self.cache.crops[real]), look_seed, 1.0, resave, self.source_pixels(real))[0]  # fmt: skip
+            changed[1] = change_map(reference, fake_pixels)
+        return pixels, torch.tensor([(0.0, 0.0), _targets(kind)]), weights, torch.from_numpy(changed)
 
 
 # Validation conditions: each pair is scored as given and re-encoded the same way for both classes.
@@ -325,6 +352,28 @@ def average_weights(checkpoints: list[dict], names: list[str]) -> dict[str, torc
             if v.is_floating_point() else v for k, v in first.items()}  # fmt: skip
 
 
+class ChangeMapHead(nn.Module):
+    """Training only: a change-map logit per cell of ``model``'s last feature map (caught by a hook
+    on ``model.head`` during the model's own forward pass, so the features are computed once)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(model.classifier.in_features, 1, 1)
+        self.features: torch.Tensor | None = None
+        model.head.register_forward_hook(lambda _module, _inputs, output: setattr(self, "features", output))
+
+    def loss(self, changed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Weighted BCE between the last forward pass's change-map logits and ``changed`` [B, S, S]
+        (each cell's target: the share of its pixels that changed); UNKNOWN samples are left out."""
+        assert self.features is not None, "run the model forward first"
+        logits = self.conv(self.features.float()).squeeze(1)
+        known = changed[:, 0, 0] != UNKNOWN
+        target = nn.functional.adaptive_avg_pool2d((changed == 1).float()[:, None], logits.shape[-2:])[:, 0]
+        per_sample = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2))
+        weights = weights * known
+        return (per_sample * weights).sum() / weights.sum().clamp(min=1e-6)
+
+
 def _normalise(batch: torch.Tensor, config: ModelConfig, device) -> torch.Tensor:
     mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(config.std, device=device).view(1, 3, 1, 1)
@@ -341,7 +390,7 @@ def predict(model: nn.Module, loader: DataLoader, config: ModelConfig, device) -
     """Head logits [2P, heads] (flip-averaged as the config says), pairs flattened real-first."""
     model.eval()
     out = []
-    for pixels, _, _ in loader:
+    for pixels, *_ in loader:
         out.append(head_logits(model, _normalise(pixels.flatten(0, 1), config, device), config).cpu().numpy())
     return np.concatenate(out)
 
@@ -503,7 +552,9 @@ def train(config: TrainConfig) -> dict:
     else:
         model = create_model(config.arch, pretrained=True, num_outputs=len(HEADS))
     model = model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    change_head = ChangeMapHead(model).to(device) if config.mask_loss > 0 else None
+    trained = list(model.parameters()) + (list(change_head.parameters()) if change_head else [])
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     pairs_per_batch = max(1, config.batch_size // 2)
     epochs = math.ceil(config.total_samples / config.epoch_size)
     steps_per_epoch = math.ceil(config.epoch_size / (2 * pairs_per_batch))
@@ -518,6 +569,8 @@ def train(config: TrainConfig) -> dict:
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
+        if change_head is not None:
+            change_head.load_state_dict(state["change_head"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         start_epoch, history, best = state["epoch"], json.loads(state["history"]), float(state["best"])
@@ -542,14 +595,16 @@ def train(config: TrainConfig) -> dict:
         model.train()
         started, running = time.time(), []
         bar = tqdm(loader, desc=f"chunk {epoch + 1}/{epochs}", unit="batch", file=sys.stderr, mininterval=30)
-        for pixels, targets, pair_weights in bar:
-            images, labels, weights = _flatten(pixels, targets, pair_weights)
+        for pixels, targets, pair_weights, changed in bar:
+            images, labels, weights, changed = _flatten(pixels, targets, pair_weights, changed)
             labels, weights = labels.to(device), weights.to(device)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(_normalise(images, model_config, device))
             known = (labels != IGNORE) * weights[:, None]
             losses = loss_fn(logits.float(), labels.clamp(min=0)) * known
             loss = losses.sum() / known.sum().clamp(min=1e-6)
+            if change_head is not None:
+                loss = loss + config.mask_loss * change_head.loss(changed.to(device), weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -577,7 +632,8 @@ def train(config: TrainConfig) -> dict:
         _save(out.with_name(out.stem + ".last.pth"), model, calibrated, report, history, cache, config, lineage,
               train_kinds)  # fmt: skip
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "epoch": epoch + 1, "history": json.dumps(history), "best": best}, state_path)  # fmt: skip
+                    "epoch": epoch + 1, "history": json.dumps(history), "best": best,
+                    "change_head": change_head.state_dict() if change_head else {}}, state_path)  # fmt: skip
         if config.max_steps and step >= config.max_steps:
             break
     if epochs == 0 or start_epoch >= epochs:  # recalibration only (or a finished run asked again)
@@ -614,7 +670,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for name in ("total_samples", "epoch_size", "batch_size", "seed", "input_size", "val_per_kind",
                  "workers", "max_steps", "detail_size", "reconstructions_per_source"):  # fmt: skip
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "face_margin", "val_fraction", "fake_prior"):
+    for name in ("lr", "weight_decay", "face_margin", "val_fraction", "fake_prior", "mask_loss"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     parser.add_argument("--arch", default=defaults.arch)
     parser.add_argument("--combine", choices=COMBINE_FORMS, default=defaults.combine,
