@@ -257,22 +257,21 @@ class PairSet(Dataset):
         real_quality = self.quality(real)
         fake_quality = NO_JPEG if kind in ("taef2", "decoder_blend") else self.quality(source)
         resave = min(real_quality, fake_quality)
+        real_resave = resave if real_quality > resave else NO_JPEG
+        fake_resave = resave if fake_quality > resave else NO_JPEG
+        if not kind.startswith("fake:"):
+            # A made fake and its real share one grid: a TAEF2 rendering re-saved there is resampled to
+            # the source's size and back (192 -> 164 -> 192 px for LFW), so its real is re-saved alike,
+            # or that resampling alone would set the fake apart (and mark a third of the crop as changed).
+            real_resave = fake_resave
         (real_pixels, heavy), (fake_pixels, _) = (
-            self._finish(np.asarray(self.cache.crops[real]), look_seed, shared / real_detail,
-                         resave if real_quality > resave else NO_JPEG, self.source_pixels(real)),
-            self._finish(fake, look_seed, shared / fake_detail,
-                         resave if fake_quality > resave else NO_JPEG, self.source_pixels(source)))  # fmt: skip
+            self._finish(np.asarray(self.cache.crops[real]), look_seed, shared / real_detail, real_resave,
+                         self.source_pixels(real)),
+            self._finish(fake, look_seed, shared / fake_detail, fake_resave, self.source_pixels(source)))  # fmt: skip
         pixels = torch.from_numpy(np.ascontiguousarray(np.stack([real_pixels, fake_pixels]))).permute(0, 3, 1, 2)
         weights = torch.tensor([1.0, HEAVY_FAKE_WEIGHT if heavy else 1.0])
         changed = np.zeros((2, *real_pixels.shape[:2]), np.uint8)
-        if kind.startswith("fake:"):
-            changed[1] = UNKNOWN
-        else:
-            # A TAEF2 rendering was re-saved at its real's quality; that re-save alone changes about a
-            # third of a crop by 2 grey levels or more, so the map compares it with its real re-saved alike.
-            reference = real_pixels if fake_quality <= resave else self._finish(
-                np.asarray(self.cache.crops[real]), look_seed, 1.0, resave, self.source_pixels(real))[0]  # fmt: skip
-            changed[1] = change_map(reference, fake_pixels)
+        changed[1] = UNKNOWN if kind.startswith("fake:") else change_map(real_pixels, fake_pixels)
         return pixels, torch.tensor([(0.0, 0.0), _targets(kind)]), weights, torch.from_numpy(changed)
 
 
