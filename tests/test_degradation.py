@@ -17,8 +17,12 @@ from deepfake.training.degradation import (
     sample_degradation,
 )
 
-EVERY_STEP = DegradationConfig(tone=1, blur=1, noise=1, resize=1, h264=1, jpeg_heavy=1, jpeg_light=0)
-NOTHING = DegradationConfig(tone=0, blur=0, noise=0, resize=0, h264=0, jpeg_heavy=0, jpeg_light=0)
+EVERY_STEP = DegradationConfig(
+    tone=1, blur=1, noise=1, resize=1, h264=1, jpeg_heavy=1, jpeg_light=0, backdrop=1, denoise=1
+)
+NOTHING = DegradationConfig(
+    tone=0, blur=0, noise=0, resize=0, h264=0, jpeg_heavy=0, jpeg_light=0, backdrop=0, denoise=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +57,7 @@ def test_sampling_is_seeded_and_frozen():
     a = sample_degradation(np.random.default_rng(11), EVERY_STEP)
     b = sample_degradation(np.random.default_rng(11), EVERY_STEP)
     assert a == b and a.h264_crf is not None and a.jpeg_quality is not None and a.noise_sigma > 0
+    assert a.backdrop_sigma > 0 and a.denoise_strength > 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.jpeg_quality = 90  # type: ignore[misc]
 
@@ -101,6 +106,34 @@ def test_h264_crf_range_is_honoured():
     assert crfs == set(range(23, 41))
 
 
+def test_backdrop_defocuses_the_background_and_leaves_the_face():
+    image = np.random.default_rng(0).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    out = apply_degradation(image, Degradation(backdrop_sigma=8.0), 0).astype(float)
+    # A corner (background) loses nearly all of its texture; the face's middle keeps every pixel.
+    assert out[:24, :24].std() < image[:24, :24].std() / 4
+    assert np.abs(out[66:126, 66:126] - image[66:126, 66:126]).max() <= 1
+
+
+def test_denoise_smooths_skin_and_keeps_edges():
+    image = np.full((96, 96, 3), 60, np.uint8)
+    image[:, 48:] = 190  # one hard edge, like a jaw against a bright background
+    noisy = apply_degradation(image, Degradation(noise_sigma=6.0), 3).astype(float)
+    smoothed = apply_degradation(image, Degradation(noise_sigma=6.0, denoise_strength=60.0), 3).astype(float)
+    flat = (slice(10, 86), slice(8, 40))
+    assert smoothed[flat].std() < noisy[flat].std() / 2
+    assert smoothed[:, 51:56].mean() - smoothed[:, 40:45].mean() > 0.95 * 130
+
+
+def test_clean_looks_are_drawn_as_configured():
+    rng = np.random.default_rng(2)
+    draws = [sample_degradation(rng) for _ in range(3000)]
+    backdrops = [d.backdrop_sigma for d in draws if d.backdrop_sigma > 0]
+    strengths = [d.denoise_strength for d in draws if d.denoise_strength > 0]
+    assert abs(len(backdrops) / 3000 - 0.15) < 0.025 and abs(len(strengths) / 3000 - 0.15) < 0.025
+    assert 3.0 <= min(backdrops) < 3.5 and 14.0 < max(backdrops) <= 15.0
+    assert 30.0 <= min(strengths) < 32.0 and 78.0 < max(strengths) <= 80.0
+
+
 def test_no_op_configuration_returns_the_input(crop):
     params = sample_degradation(np.random.default_rng(0), NOTHING)
     assert params == Degradation()
@@ -108,7 +141,14 @@ def test_no_op_configuration_returns_the_input(crop):
 
 
 @pytest.mark.parametrize(
-    "bad", [{"blur": 1.5}, {"h264": -0.1}, {"jpeg_heavy": 0.7, "jpeg_light": 0.5}, {"jpeg_light_quality": (90, 80)}]
+    "bad",
+    [
+        {"blur": 1.5},
+        {"h264": -0.1},
+        {"denoise": 2.0},
+        {"jpeg_heavy": 0.7, "jpeg_light": 0.5},
+        {"jpeg_light_quality": (90, 80)},
+    ],
 )
 def test_config_refuses_impossible_values(bad):
     with pytest.raises(ValueError):
