@@ -87,6 +87,8 @@ def test_train_writes_a_loadable_two_head_checkpoint_and_resumes(tiny_data, tmp_
     assert {"self_blend", "part_swap", "blurred"} <= set(loaded.trained_on)
     as_given = loaded.metrics["as given"]
     assert {"auc:self_blend", "auc:fake:blurred", "false_alarms", "real_mean"} <= set(as_given)
+    by_source = {k: v for k, v in as_given.items() if k.startswith("real_mean:")}
+    assert by_source and min(by_source.values()) <= as_given["real_mean"] <= max(by_source.values())
     assert set(loaded.metrics) >= {"JPEG 75", "half size + JPEG 50", "H.264 CRF 35", "selection"}
     assert len(loaded.metrics["history"]) == 1
     assert "AUC, self_blend" in checkpoint_metrics(loaded).index  # the dashboard's sidebar shows them

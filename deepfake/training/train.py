@@ -400,6 +400,7 @@ class Validation:
 
     kinds: np.ndarray  # [2P]: "real", "repeat" (a real already counted) or the fake's kind
     logits: dict[str, np.ndarray]  # condition -> [2P, heads]
+    sources: np.ndarray  # [2P]: a real's source (lfw, video, ...); "" for a fake
 
 
 def run_validation(model, cache, pairs, config, model_config, device) -> Validation:
@@ -409,11 +410,12 @@ def run_validation(model, cache, pairs, config, model_config, device) -> Validat
         loader = DataLoader(dataset, batch_size=32, num_workers=config.workers)
         logits[condition] = predict(model, loader, model_config, device)
     # A real partnered with several fakes counts once as "real"; its repeats are set aside.
-    kinds, seen = [], set()
+    kinds, sources, seen = [], [], set()
     for real, kind, _ in pairs:
         kinds += ["real" if real not in seen else "repeat", kind]
+        sources += [cache.records[real].source, ""]
         seen.add(real)
-    return Validation(np.array(kinds), logits)
+    return Validation(np.array(kinds), logits, np.array(sources))
 
 
 def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float, form: str,
@@ -487,13 +489,17 @@ def fake_scores(logits: np.ndarray, model_config: ModelConfig) -> np.ndarray:
 
 def summarise(val: Validation, model_config: ModelConfig) -> dict:
     """Per condition and kind: AUC of the calibrated FAKE score (real vs that kind), the false-alarm
-    rate at the threshold and the reals' mean score; plus ECE per kind as given."""
+    rate at the threshold and the reals' mean score, overall and per real source (where a source
+    of authentic media starts to look fake: v2.7.0 read a held-out news clip's frames as generated
+    while every AUC held); plus ECE per kind as given."""
     report: dict = {}
     for condition in CONDITIONS:
         scores = fake_scores(val.logits[condition], model_config)
         reals = val.kinds == "real"
         row = {"false_alarms": round(float((scores[reals] >= DEFAULT_THRESHOLD).mean()), 4),
                "real_mean": round(float(scores[reals].mean()), 4)}  # fmt: skip
+        for source in sorted(set(val.sources[reals])):
+            row[f"real_mean:{source}"] = round(float(scores[reals & (val.sources == source)].mean()), 4)
         for kind in sorted(set(val.kinds) - {"real", "repeat"}):
             mask = reals | (val.kinds == kind)
             row[f"auc:{kind}"] = round(roc_auc((val.kinds[mask] != "real").astype(int), scores[mask]), 4)
