@@ -18,10 +18,10 @@ from deepfake.training.degradation import (
 )
 
 EVERY_STEP = DegradationConfig(
-    tone=1, blur=1, noise=1, resize=1, h264=1, jpeg_heavy=1, jpeg_light=0, backdrop=1, denoise=1
+    tone=1, blur=1, noise=1, resize=1, h264=1, jpeg_heavy=1, jpeg_light=0, backdrop=1, denoise=1, studio=1
 )
 NOTHING = DegradationConfig(
-    tone=0, blur=0, noise=0, resize=0, h264=0, jpeg_heavy=0, jpeg_light=0, backdrop=0, denoise=0
+    tone=0, blur=0, noise=0, resize=0, h264=0, jpeg_heavy=0, jpeg_light=0, backdrop=0, denoise=0, studio=0
 )
 
 
@@ -57,7 +57,7 @@ def test_sampling_is_seeded_and_frozen():
     a = sample_degradation(np.random.default_rng(11), EVERY_STEP)
     b = sample_degradation(np.random.default_rng(11), EVERY_STEP)
     assert a == b and a.h264_crf is not None and a.jpeg_quality is not None and a.noise_sigma > 0
-    assert a.backdrop_sigma > 0 and a.denoise_strength > 0
+    assert a.backdrop_sigma > 0 and a.denoise_strength > 0 and len(a.studio_ground) == 6
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.jpeg_quality = 90  # type: ignore[misc]
 
@@ -112,6 +112,17 @@ def test_backdrop_defocuses_the_background_and_leaves_the_face():
     # A corner (background) loses nearly all of its texture; the face's middle keeps every pixel.
     assert out[:24, :24].std() < image[:24, :24].std() / 4
     assert np.abs(out[66:126, 66:126] - image[66:126, 66:126]).max() <= 1
+
+
+def test_studio_ground_replaces_the_background_and_leaves_the_face():
+    image = np.random.default_rng(0).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    out = apply_degradation(image, Degradation(studio_ground=(100, 110, 120, 60, 70, 80)), 0).astype(float)
+    # The corners are the plain ground (its tint, lighter at the top), the face's middle is untouched.
+    assert np.abs(out[:8, :8] - [100, 110, 120]).max() <= 2 and np.abs(out[-8:, -8:] - [60, 70, 80]).max() <= 2
+    assert np.abs(out[66:126, 66:126] - image[66:126, 66:126]).max() <= 1
+    draws = [sample_degradation(np.random.default_rng(i), DegradationConfig(studio=0.5)) for i in range(400)]
+    assert 0.4 < np.mean([bool(d.studio_ground) for d in draws]) < 0.6
+    assert sample_degradation(np.random.default_rng(0)).studio_ground == ()  # off unless asked for
 
 
 def test_denoise_smooths_skin_and_keeps_edges():

@@ -59,9 +59,15 @@ class DegradationConfig:
     backdrop_sigma: tuple[float, float] = (3.0, 15.0)  # px at the crop size, log-uniform
     denoise: float = 0.15
     denoise_strength: tuple[float, float] = (30.0, 80.0)  # bilateral filter's colour sigma, grey levels
+    # A plain studio ground (a flat tint with a soft gradient) in place of everything outside the
+    # face: v2.7.0's generation head read a held-out interview clip's frames at +2.7 and the same
+    # frames on a grey ground at +7.9, since generated portraits stand on plain grounds and most
+    # authentic photos do not. Off by default: an experiment's option (model card, the v2.14 run).
+    studio: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("tone", "blur", "noise", "resize", "h264", "jpeg_heavy", "jpeg_light", "backdrop", "denoise"):
+        for name in ("tone", "blur", "noise", "resize", "h264", "jpeg_heavy", "jpeg_light", "backdrop", "denoise",
+                     "studio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
         if self.jpeg_heavy + self.jpeg_light > 1.0:
@@ -93,6 +99,7 @@ class Degradation:
     jpeg_quality: int | None = None
     backdrop_sigma: float = 0.0  # defocus of everything outside the face's ellipse
     denoise_strength: float = 0.0
+    studio_ground: tuple[float, ...] = ()  # R, G, B at the top and bottom of a plain ground, if any
 
 
 # The face's ellipse in a framed crop (centre and half-axes as shares of the side): the framing puts
@@ -133,6 +140,9 @@ def sample_degradation(rng: np.random.Generator, config: DegradationConfig | Non
         params["backdrop_sigma"] = float(np.exp(rng.uniform(*np.log(config.backdrop_sigma))))
     if rng.random() < config.denoise:
         params["denoise_strength"] = float(rng.uniform(*config.denoise_strength))
+    if config.studio and rng.random() < config.studio:  # no draw when off: earlier runs' samples stay as they were
+        top = rng.uniform(40, 220) + rng.uniform(-20, 20, 3)  # a grey, slightly tinted
+        params["studio_ground"] = tuple(float(v) for v in np.clip([*top, *(top + rng.uniform(-40, 40))], 0, 255))
     return Degradation(**params)
 
 
@@ -163,6 +173,8 @@ def _pixel_steps(image: np.ndarray, params: Degradation, noise_seed: int) -> np.
         # Saturation: each channel pulled towards (or pushed from) the pixel's grey, as one 3x3 matrix.
         s = params.saturation
         out = cv2.transform(out, np.full((3, 3), (1 - s) / 3, np.float32) + np.eye(3, dtype=np.float32) * s)
+    if params.studio_ground:
+        out = _studio_ground(out, params.studio_ground)
     if params.backdrop_sigma > 0:
         out = _defocus_backdrop(out, params.backdrop_sigma)
     if params.blur_sigma > 0:
@@ -181,14 +193,29 @@ def _pixel_steps(image: np.ndarray, params: Degradation, noise_seed: int) -> np.
     return out
 
 
-def _defocus_backdrop(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Everything outside the face's ellipse (FACE_ELLIPSE, soft-edged) blurred by ``sigma`` px."""
-    h, w = image.shape[:2]
+def _face_weight(h: int, w: int) -> np.ndarray:
+    """[h, w, 1]: 1 inside the face's ellipse (FACE_ELLIPSE), 0 outside, soft-edged."""
     (cx, cy), (ax, ay) = FACE_ELLIPSE
     face = np.zeros((h, w), np.float32)
     cv2.ellipse(face, (round(cx * w), round(cy * h)), (round(ax * w), round(ay * h)), 0, 0, 360, 1.0, -1)
-    face = cv2.GaussianBlur(face, (0, 0), 0.05 * w)[..., None]
+    return cv2.GaussianBlur(face, (0, 0), 0.05 * w)[..., None]
+
+
+def _defocus_backdrop(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Everything outside the face's ellipse blurred by ``sigma`` px."""
+    face = _face_weight(*image.shape[:2])
     return image * face + cv2.GaussianBlur(image, (0, 0), sigma) * (1 - face)
+
+
+def _studio_ground(image: np.ndarray, ground: tuple[float, ...]) -> np.ndarray:
+    """Everything outside the face's ellipse replaced by a plain ground: ``ground``'s first three
+    values at the top, its last three at the bottom, linear in between."""
+    h, w = image.shape[:2]
+    top, bottom = np.float32(ground[:3]), np.float32(ground[3:])
+    share = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    plain = np.broadcast_to(top + (bottom - top) * share, (h, w, 3))
+    face = _face_weight(h, w)
+    return image * face + plain * (1 - face)
 
 
 def h264_roundtrip(
