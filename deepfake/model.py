@@ -44,12 +44,18 @@ class ModelConfig:
     #   is a blend *or* a generated face, so its odds are the sum of the two kinds' odds, each read
     #   from its own head: one head's strong evidence is enough, where the linear form let a GAN
     #   face's "not blended" cancel its "generated" and capped the score of what it caught.
+    #   Optional knee per head (v2.14): each term gains combine_slopes * max(0, logit - combine_knots).
+    #   One weight per head must serve the reals' tail (news frames read as generated, which hold the
+    #   weight down) and the fakes far beyond it (GAN faces, then stuck at 0.8-0.9 though none of the
+    #   reals score there); a steeper slope past the reals' 99th percentile lets those reach what they are.
     heads: tuple[str, ...] = ("fake",)
     combine_weights: tuple[float, ...] = (1.0,)
     combine_bias: float = 0.0
     head_temperatures: tuple[float, ...] = (1.0,)
     combine: str = "linear"
     combine_offsets: tuple[float, ...] = ()
+    combine_knots: tuple[float, ...] = ()
+    combine_slopes: tuple[float, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -58,9 +64,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         names = ("arch", "input_size", "mean", "std", "face_margin", "detail_size", "flip_average", "heads",
-                 "combine_weights", "combine_bias", "head_temperatures", "combine", "combine_offsets", "extra")  # fmt: skip
+                 "combine_weights", "combine_bias", "head_temperatures", "combine", "combine_offsets",
+                 "combine_knots", "combine_slopes", "extra")  # fmt: skip
         known = {k: data[k] for k in names if k in data}
-        for key in ("mean", "std", "combine_weights", "head_temperatures", "combine_offsets"):
+        for key in ("mean", "std", "combine_weights", "head_temperatures", "combine_offsets", "combine_knots",
+                    "combine_slopes"):  # fmt: skip
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
         if "heads" in known:
@@ -74,6 +82,12 @@ class ModelConfig:
         if config.combine == "mixture" and len(config.combine_offsets) != len(config.heads):
             raise ModelMismatchError(f"A mixture combination needs one offset per head ({len(config.heads)}), "
                                      f"got {len(config.combine_offsets)}.")  # fmt: skip
+        if (config.combine_knots or config.combine_slopes) and not (
+            config.combine == "mixture" and len(config.combine_knots) == len(config.combine_slopes) == len(config.heads)
+        ):
+            raise ModelMismatchError(f"Knees need the mixture form and one knot and one slope per head ({len(config.heads)}); "
+                                     f"got {config.combine!r}, {len(config.combine_knots)} knots, "
+                                     f"{len(config.combine_slopes)} slopes.")  # fmt: skip
         return config
 
 
@@ -97,7 +111,12 @@ def combine_heads(logits: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     weights = torch.tensor(config.combine_weights, dtype=logits.dtype, device=logits.device)
     if config.combine == "mixture":
         offsets = torch.tensor(config.combine_offsets, dtype=logits.dtype, device=logits.device)
-        return torch.logsumexp(logits * weights + offsets, dim=1) + config.combine_bias
+        terms = logits * weights + offsets
+        if config.combine_knots:
+            knots = torch.tensor(config.combine_knots, dtype=logits.dtype, device=logits.device)
+            slopes = torch.tensor(config.combine_slopes, dtype=logits.dtype, device=logits.device)
+            terms = terms + slopes * torch.relu(logits - knots)
+        return torch.logsumexp(terms, dim=1) + config.combine_bias
     return logits @ weights + config.combine_bias
 
 

@@ -445,6 +445,38 @@ def test_the_mixture_combiner_lets_one_head_decide_where_the_linear_one_caps_it(
     assert eces["mixture"] < eces["linear"] - 0.02, eces
 
 
+def test_a_knee_lets_faces_far_past_the_reals_tail_reach_a_confident_score():
+    """Reals whose generation logit has a long tail (news frames that read as generated) and fakes
+    half of which overlap it hold the mixture's generation weight down, so generated faces far
+    beyond every real stop short of a confident score (as GAN faces did at 0.8-0.9 in v2.13.0). A
+    knee past the reals' 99th percentile gives those a slope of their own: lower calibration error,
+    no more false alarms, the same ranking."""
+    from deepfake.evaluation.metrics import expected_calibration_error, roc_auc
+    from deepfake.training.train import fake_scores, fit_combiner
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    real = np.stack([rng.normal(-2, 1, n), np.where(rng.random(n) < 0.15, rng.normal(1, 2, n), rng.normal(-4, 1.5, n))], 1)
+    blend = np.stack([rng.normal(0, 1.5, n), rng.normal(-3, 1.5, n)], 1)
+    generated = np.stack([rng.normal(-4, 1, n), np.where(rng.random(n) < 0.5, rng.normal(1, 3, n), rng.normal(8, 1.5, n))], 1)
+    logits = np.concatenate([real, blend, generated])
+    labels = np.repeat([0.0, 1.0, 1.0], n)
+    far = 2 * n + np.flatnonzero(generated[:, 1] > 6)
+    results = {}
+    for knee in (0.0, 0.99):
+        fields = fit_combiner(logits, labels, fake_prior=0.25, form="mixture", knee=knee)
+        assert (len(fields["combine_knots"]) == len(fields["combine_slopes"]) == 2) == (knee > 0)
+        scores = fake_scores(logits, ModelConfig(arch="efficientnet_lite0", heads=("blending", "generation"),
+                                                 head_temperatures=(1.0, 1.0), **fields))  # fmt: skip
+        results[knee] = {"ece": expected_calibration_error(labels.astype(int), scores, prior=0.25),
+                         "alarms": float((scores[:n] >= 0.6).mean()), "auc": roc_auc(labels.astype(int), scores),
+                         "far": float(np.median(scores[far]))}  # fmt: skip
+    assert fields["combine_knots"][1] == pytest.approx(np.quantile(real[:, 1], 0.99), abs=1e-3)
+    assert results[0.0]["far"] < 0.95 < results[0.99]["far"], results
+    assert results[0.99]["ece"] < 0.85 * results[0.0]["ece"], results
+    assert results[0.99]["alarms"] <= results[0.0]["alarms"] and results[0.99]["auc"] >= results[0.0]["auc"] - 0.002, results
+
+
 def test_the_mixture_calls_no_more_reals_fake_than_the_linear_fit():
     """Reals whose blending logit is heavy-tailed: the best-fitting mixture lets those tails through
     the threshold; the fitted one is shifted down until its false alarms are the linear fit's."""

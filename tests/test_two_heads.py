@@ -12,7 +12,7 @@ from deepfake.engine import DetectionEngine
 from deepfake.errors import ModelMismatchError
 from deepfake.interfaces.dashboard import Workbench
 from deepfake.loading import load_model, save_checkpoint
-from deepfake.model import ModelConfig, head_logits
+from deepfake.model import ModelConfig, combine_heads, head_logits
 from deepfake.results import HISTORY_COLUMNS
 from deepfake.wording import evidence_kind_sentence, verdict_sentence
 
@@ -117,8 +117,28 @@ def test_a_mixture_combination_scores_as_its_formula_and_explains(tmp_path, hopp
     assert explained.fake[0] == pytest.approx(1 / (1 + np.exp(-combined)), abs=1e-5) and np.ptp(cams[0]) > 0
 
 
+def test_a_mixture_with_knees_scores_as_its_formula_and_survives_a_save(tmp_path):
+    """v2.14's knees: each mixture term gains slope * max(0, logit - knot); a head whose logit stays
+    under its knot scores as the plain mixture."""
+    from tests.conftest import random_model
+
+    config = ModelConfig(arch="efficientnet_lite0", heads=("blending", "generation"), combine="mixture",
+                         combine_weights=(0.9, 0.3), combine_offsets=(-1.0, -0.5), head_temperatures=(1.0, 1.0),
+                         combine_knots=(50.0, -1.0), combine_slopes=(2.0, 0.7))  # fmt: skip
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    logits = torch.tensor([[0.5, 3.0], [-2.0, -4.0]], dtype=torch.float64)
+    expected = [np.logaddexp(0.9 * 0.5 - 1.0, 0.3 * 3.0 - 0.5 + 0.7 * 4.0), np.logaddexp(0.9 * -2.0 - 1.0, 0.3 * -4.0 - 0.5)]
+    assert combine_heads(logits, config).numpy() == pytest.approx(expected, abs=1e-9)
+    save_checkpoint(tmp_path / "knees.pth", random_model(outputs=2), config)
+    assert load_model(tmp_path / "knees.pth").config == config
+
+
 @pytest.mark.parametrize(("changes", "message"), [({"combine": "product"}, "Unknown head combination"),
-                                                  ({"combine": "mixture"}, "one offset per head")])  # fmt: skip
+                                                  ({"combine": "mixture"}, "one offset per head"),
+                                                  ({"combine_knots": (0.0, 1.0), "combine_slopes": (1.0, 1.0)},
+                                                   "Knees need the mixture form"),
+                                                  ({"combine": "mixture", "combine_offsets": (0.0, 0.0),
+                                                    "combine_knots": (0.0, 1.0)}, "one knot and one slope")])  # fmt: skip
 def test_a_combination_this_version_cannot_compute_is_refused(tmp_path, changes, message):
     from tests.conftest import random_model
 

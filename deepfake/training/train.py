@@ -137,6 +137,9 @@ class TrainConfig:
     # than the linear form; fitted freely it flagged an authentic news clip (v2.3.0), so its false
     # alarms are now held to the linear fit's (fit_combiner), and on v2.4's weights it beat linear.
     combine: str = "mixture"
+    # Quantile of the validation reals' head logits past which each mixture term gets a steeper
+    # slope of its own (ModelConfig.combine_knots); 0: none.
+    combine_knee: float = 0.0
     # Weight of the change-map loss: a training-only 1x1 convolution on the last feature map predicts,
     # cell by cell, where the fake differs from its real (``change_map``), so that the features the
     # heads pool must locate the manipulation (as Face X-ray's boundary supervision does), not only
@@ -419,12 +422,13 @@ def run_validation(model, cache, pairs, config, model_config, device) -> Validat
 
 
 def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float, form: str,
-                 threshold: float = DEFAULT_THRESHOLD) -> dict:  # fmt: skip
+                 threshold: float = DEFAULT_THRESHOLD, knee: float = 0.0) -> dict:  # fmt: skip
     """The ``form`` (``ModelConfig.combine``) of the FAKE logit on the head logits that best
     predicts the FAKE label, with fakes weighted to ``fake_prior`` of the total (the probability
     then means the same whatever the mix of kinds in validation). Returns ModelConfig fields.
     The linear form is a logistic regression (convex); the mixture starts from it, and calls no
-    more reals FAKE at ``threshold`` than the linear fit does."""
+    more reals FAKE at ``threshold`` than the linear fit does; ``knee`` > 0 adds to each of its
+    terms a slope past that quantile of the reals' head logit (``ModelConfig.combine_knots``)."""
     x = torch.tensor(logits, dtype=torch.float64)
     y = torch.tensor(labels, dtype=torch.float64)
     weight = torch.where(y > 0.5, fake_prior / max(1, int(labels.sum())),
@@ -446,26 +450,36 @@ def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float, form
     fit([w, b], lambda: x @ w + b)
     if form == "linear":
         return {"combine": "linear", "combine_weights": _rounded(w), "combine_bias": round(float(b.detach()), 5),
-                "combine_offsets": ()}  # fmt: skip
+                "combine_offsets": (), "combine_knots": (), "combine_slopes": ()}  # fmt: skip
     reals, cut = x[y < 0.5], math.log(threshold / (1 - threshold))
     allowed = int(((reals @ w + b).detach() >= cut).sum())  # the linear fit's false alarms
     # From the linear fit's weights, each head's term with an even share of its bias.
     o = torch.full((x.shape[1],), float(b.detach()) - math.log(x.shape[1]), dtype=torch.float64, requires_grad=True)
     fit([w, o], lambda: torch.logsumexp(x * w + o, dim=1))
+    knots = torch.quantile(reals, knee, dim=0) if knee > 0 else torch.full((x.shape[1],), math.inf, dtype=x.dtype)
+    raw = torch.full((x.shape[1],), -3.0, dtype=torch.float64, requires_grad=knee > 0)  # slope = softplus(raw) >= 0
+
+    def mixture(z: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(z * w + o + nn.functional.softplus(raw) * torch.relu(z - knots), dim=1)
+
+    if knee > 0:
+        fit([w, o, raw], lambda: mixture(x))
     # v2.3.0: the best-fitting mixture called 4.4% of validation reals FAKE (the linear fit 1.5%) and
     # flagged an authentic news clip. Lowering both offsets by one shift keeps the mixture's ranking
     # (what it gains on blends) and moves the reals' (allowed + 1)-th highest score under the threshold.
-    mixed = torch.logsumexp(reals * w + o, dim=1).detach().sort(descending=True).values
+    mixed = mixture(reals).detach().sort(descending=True).values
     if allowed < len(mixed) and mixed[allowed] >= cut:
         o = o - (float(mixed[allowed] - cut) + 1e-6)
-    return {"combine": "mixture", "combine_weights": _rounded(w), "combine_bias": 0.0, "combine_offsets": _rounded(o)}
+    knees = {"combine_knots": _rounded(knots), "combine_slopes": _rounded(nn.functional.softplus(raw))} if knee > 0 else {}
+    return {"combine": "mixture", "combine_weights": _rounded(w), "combine_bias": 0.0, "combine_offsets": _rounded(o),
+            "combine_knots": (), "combine_slopes": (), **knees}  # fmt: skip
 
 
 def _rounded(values: torch.Tensor) -> tuple[float, ...]:
     return tuple(round(float(v), 5) for v in values.detach())
 
 
-def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float, form: str) -> ModelConfig:
+def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float, form: str, knee: float = 0.0) -> ModelConfig:
     """Head temperatures (each head on its own task) and the combiner, fitted on all conditions
     pooled, so the calibration holds for re-encoded files too."""
     used = val.kinds != "repeat"
@@ -478,7 +492,7 @@ def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float, for
         mask = is_real | np.isin(kinds, own)
         temperatures.append(round(fit_temperature(logits[mask, h], (~is_real[mask]).astype(float)), 5)
                             if own else 1.0)  # fmt: skip
-    combiner = fit_combiner(logits, (~is_real).astype(float), fake_prior, form)
+    combiner = fit_combiner(logits, (~is_real).astype(float), fake_prior, form, knee=knee)
     return ModelConfig(**{**asdict(model_config), **combiner, "head_temperatures": tuple(temperatures)})
 
 
@@ -621,7 +635,7 @@ def train(config: TrainConfig) -> dict:
                 break
         seconds = time.time() - started
         val = run_validation(model, cache, val_pairs, config, model_config, device)
-        calibrated = calibrate(val, model_config, config.fake_prior, config.combine)
+        calibrated = calibrate(val, model_config, config.fake_prior, config.combine, config.combine_knee)
         report = summarise(val, calibrated)
         samples = (epoch + 1) * steps_per_epoch * 2 * pairs_per_batch
         final = {"chunk": epoch + 1, "samples": samples, "loss": round(float(np.mean(running)), 5),
@@ -643,7 +657,7 @@ def train(config: TrainConfig) -> dict:
             break
     if epochs == 0 or start_epoch >= epochs:  # recalibration only (or a finished run asked again)
         val = run_validation(model, cache, val_pairs, config, model_config, device)
-        calibrated = calibrate(val, model_config, config.fake_prior, config.combine)
+        calibrated = calibrate(val, model_config, config.fake_prior, config.combine, config.combine_knee)
         final = summarise(val, calibrated)
         _save(out, model, calibrated, final, history, cache, config, lineage, train_kinds)
     return final
@@ -675,7 +689,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for name in ("total_samples", "epoch_size", "batch_size", "seed", "input_size", "val_per_kind",
                  "workers", "max_steps", "detail_size", "reconstructions_per_source"):  # fmt: skip
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("lr", "weight_decay", "face_margin", "val_fraction", "fake_prior", "mask_loss"):
+    for name in ("lr", "weight_decay", "face_margin", "val_fraction", "fake_prior", "mask_loss", "combine_knee"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     parser.add_argument("--arch", default=defaults.arch)
     parser.add_argument("--combine", choices=COMBINE_FORMS, default=defaults.combine,
