@@ -390,6 +390,9 @@ with performance_tab:
                         "kinds never seen in training.", icon=":material/info:")  # fmt: skip
             else:
                 st.dataframe(loko)
+                if came := report["loko"].get("carried_from"):
+                    st.caption(f"Measured in the evaluation of version {came['model_version']}: those checkpoints "
+                               "were not scored again; the column of this model's AUC is fresh.")  # fmt: skip
         for key, title in (("robustness", "After re-encoding, as messaging apps do (real and fake files alike)"),
                            ("by_source", "By source of the files"), ("by_group", "By demographic group")):  # fmt: skip
             if report.get(key):

@@ -317,6 +317,17 @@ def test_evaluate_two_head_model_and_left_out_kinds(tiny_data, held_out, two_hea
     with pytest.raises(SystemExit, match="not in the held-out set"):
         evaluate(EvalConfig(**{**config.__dict__, "loko_models": {"sd21": str(random_checkpoint)}}))
 
+    # A recalibrated model keeps these rows as measured: not scored again, said so, its own column fresh.
+    again = evaluate(EvalConfig(**{**config.__dict__, "out": str(tmp_path / "again"), "loko_models": {},
+                                   "model": str(random_checkpoint), "loko_from": str(tmp_path / "metrics.json")}))  # fmt: skip
+    kept = again["loko"]
+    assert kept["carried_from"]["model_version"] == report["model"]["version"]
+    assert kept["models"]["taef2"]["auc_matched"] == taef2["auc_matched"]
+    assert kept["models"]["taef2"]["main_model_auc_matched"] == again["kinds"]["taef2"]["matched"]["auc"]
+    assert "were not scored again" in (tmp_path / "again" / "EVALUATION_REPORT.md").read_text()
+    with pytest.raises(SystemExit, match="no leave-one-kind-out results"):
+        evaluate(EvalConfig(**{**config.__dict__, "loko_models": {}, "loko_from": str(tmp_path / "missing.json")}))
+
 
 def test_a_pair_shares_framing_look_and_degradation(tiny_data, tmp_path, monkeypatch):
     """With a 'manipulation' that changes nothing, both members of every training pair come out

@@ -17,7 +17,8 @@ built as the trainer builds it when missing), through the product's own engine:
 - Authentic media: every face of a folder of photos and every clip of a folder of videos (through
   the product's video detector), with the clips whose frames were trained on marked.
 - Leave one kind out: checkpoints trained without a kind (``--loko-models kind=path``), each scored
-  on its left-out kind with compression matched.
+  on its left-out kind with compression matched, or an earlier evaluation's results kept
+  (``--loko-from metrics.json``).
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class EvalConfig:
     videos: str | None = None  # folder of authentic clips (also the cache's video source when it is built)
     taef2: str | None = None  # TAEF2 weights: reconstructions the cache lacks are made with them
     loko_models: dict[str, str] = field(default_factory=dict)  # left-out kind -> checkpoint trained without it
+    # Or a previous evaluation's metrics.json whose leave-one-kind-out rows are kept as measured (a
+    # recalibrated default model leaves them as they were; each took longer to train than the whole
+    # evaluation runs): its checkpoints are not re-scored, this model's column is refreshed.
+    loko_from: str | None = None
     threshold: float | None = None  # default: the model's
     seed: int = 0
 
@@ -455,6 +460,22 @@ def loko_report(models: dict[str, str], units: list[Unit], maker: Maker, kinds: 
     return out
 
 
+def carried_loko(path: str, kinds: dict) -> dict:
+    """The leave-one-kind-out rows of the evaluation saved at ``path``, beside this model's AUCs."""
+    try:
+        previous = json.loads(Path(path).read_text())
+        loko = previous["loko"]
+        rows = {kind: dict(row) for kind, row in loko["models"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SystemExit(f"--loko-from {path}: no leave-one-kind-out results to keep ({exc!r}).") from exc
+    if not rows or set(rows) - set(kinds):
+        raise SystemExit(f"--loko-from {path}: its kinds {sorted(rows)} are not among this evaluation's {sorted(kinds)}.")
+    for kind, row in rows.items():
+        row["main_model_auc_matched"] = kinds[kind]["matched"]["auc"]
+    carried = {"report": str(path), "model_version": previous.get("model", {}).get("version")}
+    return {**loko, "models": rows, "carried_from": carried}
+
+
 def breakdown(units: list[Unit], scores: np.ndarray, threshold: float) -> dict:
     """Metrics per source (each real source against all fakes, each fake source against all reals)
     and per demographic group (reals and fakes of that group)."""
@@ -592,7 +613,7 @@ def evaluate(config: EvalConfig) -> dict:
     authentic = authentic_report(engine, cache, threshold, config.photos, config.videos)
     seconds["authentic media"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    loko = loko_report(loko_models, units, maker, kinds)
+    loko = carried_loko(config.loko_from, kinds) if config.loko_from else loko_report(loko_models, units, maker, kinds)
     seconds["leave one kind out"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
 
@@ -755,6 +776,10 @@ def _loko_lines(report: dict) -> list[str]:
                         "says nothing about kinds of fake never seen in training. Train one with "
                         "`python -m deepfake.train ... --leave-out KIND` and pass `--loko-models KIND=PATH`.", ""]  # fmt: skip
     rows = {kind: {k: v for k, v in m.items() if k != "model"} | {"model": f"`{m['model']}`"} for kind, m in loko["models"].items()}
+    if "carried_from" in loko:
+        came = loko["carried_from"]
+        lines += [f"Kept from the evaluation of version `{came['model_version']}` (`{came['report']}`): these "
+                  "checkpoints were not scored again; the column of this model's AUC is this evaluation's.", ""]  # fmt: skip
     return lines + [f"Each checkpoint scored on the kind it was trained without, against that kind's reals, "
                     f"compression matched ({loko['condition']}); beside it, the evaluated model's AUC on the same set. "
                     "*left_out_in_training*: what the checkpoint's own training configuration records.", "",
@@ -862,12 +887,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--taef2", help="TAEF2 weights folder: reconstructions the cache lacks are made with it")
     parser.add_argument("--loko-models", nargs="*", default=[], metavar="KIND=PATH",
                         help="checkpoints trained with --leave-out KIND, each scored on its left-out kind")  # fmt: skip
+    parser.add_argument("--loko-from", metavar="METRICS_JSON",
+                        help="keep the leave-one-kind-out results of this earlier evaluation instead of scoring checkpoints")  # fmt: skip
     parser.add_argument("--threshold", type=float)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
+    if args.loko_from and args.loko_models:
+        parser.error("--loko-from and --loko-models exclude each other")
     config = EvalConfig(data=args.data, out=args.out, model=args.model, cache=args.cache, per_kind=args.per_kind or None,
                         photos=args.photos, videos=args.videos, taef2=args.taef2,
-                        loko_models=_kind_paths(args.loko_models), threshold=args.threshold, seed=args.seed)  # fmt: skip
+                        loko_models=_kind_paths(args.loko_models), loko_from=args.loko_from, threshold=args.threshold,
+                        seed=args.seed)  # fmt: skip
     report = evaluate(config)
     img = report["image_level"]
     print(f"files (real vs fake folders): AUC {_fmt(img['auc'])}, accuracy {img['accuracy']:.4f}, "
