@@ -471,16 +471,16 @@ def fit_combiner(logits: np.ndarray, labels: np.ndarray, fake_prior: float, form
     mixed = mixture(reals).detach().sort(descending=True).values
     if allowed < len(mixed) and mixed[allowed] >= cut:
         o = o - (float(mixed[allowed] - cut) + 1e-6)
-    knees = {"combine_knots": _rounded(knots), "combine_slopes": _rounded(nn.functional.softplus(raw))} if knee > 0 else {}
+    knees = (_rounded(knots), _rounded(nn.functional.softplus(raw))) if knee > 0 else ((), ())
     return {"combine": "mixture", "combine_weights": _rounded(w), "combine_bias": 0.0, "combine_offsets": _rounded(o),
-            "combine_knots": (), "combine_slopes": (), **knees}  # fmt: skip
+            "combine_knots": knees[0], "combine_slopes": knees[1]}  # fmt: skip
 
 
 def _rounded(values: torch.Tensor) -> tuple[float, ...]:
     return tuple(round(float(v), 5) for v in values.detach())
 
 
-def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float, form: str, knee: float = 0.0) -> ModelConfig:
+def calibrate(val: Validation, model_config: ModelConfig, fake_prior: float, form: str, knee: float) -> ModelConfig:
     """Head temperatures (each head on its own task) and the combiner, fitted on all conditions
     pooled, so the calibration holds for re-encoded files too."""
     used = val.kinds != "repeat"
