@@ -7,7 +7,7 @@ Image and video detectors, the dashboard, the API and the CLI all score faces th
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from deepfake.faces import (
     whole_image_box,
 )
 from deepfake.loading import LoadedModel, load_model
-from deepfake.model import cam_layer, combine_heads, head_logits
+from deepfake.model import cam_layer, combine_heads, fold_batchnorm, head_logits
 from deepfake.results import FaceResult
 from explainability.gradcam import CAM_METHODS, create_cam
 
@@ -62,7 +62,7 @@ class DetectionEngine:
     # Crops per forward pass. On a 2-core CPU, batches of 8 scored a 32-frame clip in 0.96 s against
     # 1.60 s as one batch of 32 (reports/BENCHMARKS.md): the activations of 8 crops stay in cache.
     def __init__(self, model: LoadedModel, face_detector: FaceDetector, device: torch.device, batch_size: int = 8):
-        self.model = model
+        self.model = replace(model, module=fold_batchnorm(model.module))  # inference only, from here on
         self.face_detector = face_detector
         self.device = device
         self.batch_size = batch_size

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from deepfake.errors import UnknownArchitectureError
-from deepfake.model import ModelConfig, cam_layer, create_model, default_config
+from deepfake.model import ModelConfig, cam_layer, create_model, default_config, fold_batchnorm
+from explainability.gradcam import create_cam
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,26 @@ def test_eval_is_deterministic(model):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
+
+
+def test_folded_batchnorm_scores_and_explains_as_the_model_does():
+    torch.manual_seed(1)
+    model = create_model("efficientnet_lite0", num_outputs=2)
+    for m in model.modules():  # statistics away from the identity, as a trained model's are
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 49  # the original keeps its own
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.allclose(folded(x), expected, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(create_model("efficientnet_lite0", num_outputs=2).eval()(x), expected, atol=1e-2)
+    maps, _ = create_cam("gradcam", model, cam_layer(model)).compute(x, output_index=1)
+    folded_maps, _ = create_cam("gradcam", folded, cam_layer(folded)).compute(x, output_index=1)
+    assert np.allclose(folded_maps, maps, atol=1e-4) and maps.std() > 0
+    linear = torch.nn.Linear(2, 1)
+    assert fold_batchnorm(linear) is linear  # nothing to fold (a TorchScript module likewise)
