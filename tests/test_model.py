@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deepfake.errors import UnknownArchitectureError
-from deepfake.model import ModelConfig, cam_layer, create_model, default_config, fold_batchnorm
+from deepfake.model import ModelConfig, SamePadConv2d, cam_layer, create_model, default_config, fold_batchnorm
 from explainability.gradcam import create_cam
 
 
@@ -93,3 +93,14 @@ def test_folded_batchnorm_scores_and_explains_as_the_model_does():
     assert np.allclose(folded_maps, maps, atol=1e-4) and maps.std() > 0
     linear = torch.nn.Linear(2, 1)
     assert fold_batchnorm(linear) is linear  # nothing to fold (a TorchScript module likewise)
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(3, 1, 12), (5, 1, 9), (3, 2, 12), (5, 2, 13), (3, 2, 13)])
+def test_same_padding_matches_tensorflow(kernel, stride, size):
+    conv = SamePadConv2d(4, 6, kernel, stride, bias=False)
+    x = torch.randn(2, 4, size, size)
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)  # TensorFlow: the extra pixel goes last
+    padded = torch.nn.functional.pad(x, (total // 2, total - total // 2) * 2)
+    expected = torch.nn.functional.conv2d(padded, conv.weight, None, stride)
+    with torch.no_grad():
+        assert torch.allclose(conv(x), expected, atol=1e-6) and conv(x).shape[-1] == -(-size // stride)
