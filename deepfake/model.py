@@ -258,22 +258,26 @@ def default_config(arch: str) -> ModelConfig:
     return ModelConfig(arch=arch)
 
 
+def _unfolded(block: nn.Module) -> bool:
+    return isinstance(block, ConvBNAct) and isinstance(block.bn, nn.BatchNorm2d)
+
+
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """An inference copy of ``module`` with each ConvBNAct's BatchNorm folded into its convolution:
     the same outputs to float rounding, one pass over the activations fewer per layer (a 32-frame
-    clip's scoring about a fifth faster on 2 CPU cores). ``module`` itself is left as it is, since
-    training may still need its BatchNorm; a module without ConvBNAct (TorchScript) comes back as is."""
-    if not any(isinstance(m, ConvBNAct) and isinstance(m.bn, nn.BatchNorm2d) for m in module.modules()):
+    clip's model stage a quarter to a third faster on 2 CPU cores). ``module`` itself is left as it
+    is, since training may still need its BatchNorm; a module without ConvBNAct (TorchScript) comes
+    back as is."""
+    if not any(map(_unfolded, module.modules())):
         return module
     folded = copy.deepcopy(module).eval()
     with torch.no_grad():
-        for block in folded.modules():
-            if isinstance(block, ConvBNAct) and isinstance(block.bn, nn.BatchNorm2d):
-                bn, conv = block.bn, block.conv
-                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
-                conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale, requires_grad=False)
-                block.bn = nn.Identity()
+        for block in filter(_unfolded, list(folded.modules())):
+            bn, conv = block.bn, block.conv
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+            conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale, requires_grad=False)
+            block.bn = nn.Identity()
     return folded
 
 
