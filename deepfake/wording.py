@@ -63,13 +63,16 @@ EVIDENCE_WORDS = {
 
 
 def evidence_kind_sentence(result: AnalysisResult) -> str:
-    """Which kind of evidence a FAKE verdict rests on, with both scores (two-head models only)."""
+    """Which kind of evidence a FAKE verdict rests on, with both scores (two-head models only).
+    Each head is calibrated on its own kind of fake, the verdict's score on both together (at the
+    model's base rate), so a face can read "blending 65%" and FAKE 90%: the sentence says which is which."""
     scores = result.head_scores()
     kind = scores["dominant_evidence"]
     if kind is None or result.classification != FAKE:
         return ""
-    return (f"{EVIDENCE_WORDS[kind]} (generation {percent(scores['generation_probability'])}, "
-            f"blending {percent(scores['blending_probability'])}).")  # fmt: skip
+    return (f"{EVIDENCE_WORDS[kind]} (each kind on its own: generation {percent(scores['generation_probability'])}, "
+            f"blending {percent(scores['blending_probability'])}; the fake probability weighs both together, "
+            "so it can be higher than either).")  # fmt: skip
 
 
 def duration(milliseconds: float) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -25,7 +27,7 @@ from deepfake.interfaces.dashboard import (
 )
 from deepfake.loading import load_model, save_checkpoint
 from deepfake.model import ModelConfig, create_model
-from deepfake.training.data import assign_splits, build_cache, scan
+from deepfake.training.data import add_reconstructions, assign_splits, build_cache, more_training_crops, scan
 from deepfake.training.taef2 import DECODER_FILE, ENCODER_FILE, TAEF2
 from deepfake.training.train import main as train_main
 
@@ -206,6 +208,27 @@ def held_out(tiny_data, tmp_path_factory, hopper_rgb, astronaut_rgb) -> dict:
     for part, name in ((taef2.encoder, ENCODER_FILE), (taef2.decoder, DECODER_FILE)):
         torch.save({k: v.half() for k, v in part.state_dict().items()}, folder / name)
     return {"cache": str(folder / "cache"), "videos": str(videos), "photos": str(photos), "taef2": str(folder)}
+
+
+def test_more_reconstructions_add_training_crops_and_keep_the_ones_made(held_out, tmp_path):
+    # Raising the count on a cache that has renderings adds training crops only: validation pairs and
+    # the evaluation's held-out renderings stay those earlier models were measured on.
+    folder = tmp_path / "cache"
+    shutil.copytree(held_out["cache"], folder)
+    first = add_reconstructions(folder, held_out["taef2"], per_source=1)
+    assert first.reconstructed is not None and first.reconstructions is not None
+    chosen, rows = first.reconstructed.copy(), np.array(first.reconstructions)
+    more = add_reconstructions(folder, held_out["taef2"], per_source=3)
+    assert more.reconstructed is not None and more.reconstructions is not None
+    assert more.reconstructions_done == len(more.reconstructed) > len(chosen)
+    assert np.array_equal(more.reconstructed[: len(chosen)], chosen)
+    assert np.array_equal(more.reconstructions[: len(chosen)], rows)  # not made again
+    added = more.reconstructed[len(chosen) :]
+    assert not more.is_val[added].any() and all(more.records[i].label == 0 and more.face_found[i] for i in added)
+    assert len(set(more.reconstructed.tolist())) == len(more.reconstructed)
+    assert max(Counter(more.records[i].source for i in more.reconstructed).values()) <= 3
+    assert more.reconstructions[len(chosen) :].any()  # made, not left as the blank room
+    assert more_training_crops(more, 3, seed=0) == []  # every source has its count: nothing more to add
 
 
 @pytest.fixture(scope="module")

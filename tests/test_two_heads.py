@@ -65,6 +65,9 @@ def test_results_carry_both_scores_everywhere(two_heads, hopper_jpeg_bytes):
     fake = ImageDeepfakeDetector(engine=two_heads).rejudge(result, 0.0)
     words = "looks generated" if dominant == "generation" else "blended into the photo"
     assert words in evidence_kind_sentence(fake) and words in verdict_sentence(fake)
+    # Each head's probability is its own calibration, not a share of the verdict's: the sentence says so.
+    generation = f"generation {face.head_probabilities['generation']:.0%}"
+    assert f"each kind on its own: {generation}" in evidence_kind_sentence(fake)
 
 
 def test_dashboard_heatmap_can_pick_a_head(two_heads, hopper_jpeg_bytes):

@@ -193,7 +193,9 @@ def add_reconstructions(folder: str | Path, taef2_folder: str | Path, per_source
                         batch: int = 4) -> CropCache:  # fmt: skip
     """Round-trip ``per_source`` real crops of each real source (training and validation alike,
     in proportion) through TAEF2, resumably: the chosen crops and a progress count are on disk,
-    so an interrupted run continues where it stopped."""
+    so an interrupted run continues where it stopped. A larger ``per_source`` on a cache that has
+    reconstructions adds *training* crops only (``more_training_crops``), so the validation pairs
+    and the evaluation's held-out renderings stay the ones earlier models were measured on."""
     from deepfake.training.taef2 import load_taef2
 
     folder = Path(folder)
@@ -204,10 +206,11 @@ def add_reconstructions(folder: str | Path, taef2_folder: str | Path, per_source
         for source in sorted({r.source for r in cache.records if r.label == 0}):
             pool = [i for i, r in enumerate(cache.records) if r.source == source and cache.face_found[i]]
             chosen += [pool[k] for k in rng.permutation(len(pool))[:per_source]]
-        np.save(folder / "reconstructed.npy", np.array(chosen, np.int64))
-        np.lib.format.open_memmap(folder / "reconstructions.npy", mode="w+", dtype=np.uint8,
-                                  shape=(len(chosen), *cache.crops.shape[1:])).flush()  # fmt: skip
+        _write_reconstruction_rows(folder, cache, np.array(chosen, np.int64))
         (folder / "reconstructions.json").write_text(json.dumps({"done": 0}))
+        cache = CropCache.open(folder)
+    elif extra := more_training_crops(cache, per_source, seed):
+        _write_reconstruction_rows(folder, cache, np.concatenate([cache.reconstructed, np.array(extra, np.int64)]))
         cache = CropCache.open(folder)
     assert cache.reconstructed is not None
     rows = np.load(folder / "reconstructions.npy", mmap_mode="r+")
@@ -222,6 +225,37 @@ def add_reconstructions(folder: str | Path, taef2_folder: str | Path, per_source
             (folder / "reconstructions.json").write_text(json.dumps({"done": done}))
             bar.update(len(ids))
     return CropCache.open(folder)
+
+
+def more_training_crops(cache: CropCache, per_source: int, seed: int) -> list[int]:
+    """Training-split real crops to reconstruct on top of the cache's, so that each real source
+    has ``per_source`` (or all its training crops). v2.14.0 told the 833 training renderings it saw
+    about 40 times each from their reals at AUC 0.97, and the 157 held-out ones at 0.72."""
+    assert cache.reconstructed is not None
+    rng = np.random.default_rng((seed, len(cache.reconstructed)))
+    taken = set(int(i) for i in cache.reconstructed)
+    extra: list[int] = []
+    for source in sorted({r.source for r in cache.records if r.label == 0}):
+        have = sum(cache.records[i].source == source for i in taken)
+        pool = [i for i, r in enumerate(cache.records)
+                if r.source == source and cache.face_found[i] and not cache.is_val[i] and i not in taken]  # fmt: skip
+        extra += [pool[k] for k in rng.permutation(len(pool))[: max(0, per_source - have)]]
+    return extra
+
+
+def _write_reconstruction_rows(folder: Path, cache: CropCache, chosen: np.ndarray) -> None:
+    """Room for the reconstructions of ``chosen`` crops, keeping the rows already made (the
+    chosen list only grows). The rows file is replaced before the list that indexes it, so an
+    interruption leaves the old, consistent pair or a rows file with spare room."""
+    rows = np.lib.format.open_memmap(folder / "reconstructions.npy.part", mode="w+", dtype=np.uint8,
+                                     shape=(len(chosen), *cache.crops.shape[1:]))  # fmt: skip
+    if cache.reconstructions is not None:
+        kept = min(cache.reconstructions_done, len(chosen))
+        rows[:kept] = cache.reconstructions[:kept]
+    rows.flush()
+    del rows
+    (folder / "reconstructions.npy.part").replace(folder / "reconstructions.npy")
+    np.save(folder / "reconstructed.npy", chosen)
 
 
 def build_cache(
@@ -320,7 +354,8 @@ if __name__ == "__main__":
     parser.add_argument("--videos", help="folder of authentic clips whose frames are added as real faces")
     parser.add_argument("--frame-every", type=int, default=8)
     parser.add_argument("--taef2", help="TAEF2 weights folder: add reconstructions of real crops")
-    parser.add_argument("--reconstructions-per-source", type=int, default=150)
+    parser.add_argument("--reconstructions-per-source", type=int, default=150,
+                        help="real crops per source to round-trip; raising it later adds training crops only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     cache = build_cache(args.data, args.cache, val_fraction=args.val_fraction, seed=args.seed, videos=args.videos,
