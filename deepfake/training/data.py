@@ -250,8 +250,8 @@ def _write_reconstruction_rows(folder: Path, cache: CropCache, chosen: np.ndarra
     rows = np.lib.format.open_memmap(folder / "reconstructions.npy.part", mode="w+", dtype=np.uint8,
                                      shape=(len(chosen), *cache.crops.shape[1:]))  # fmt: skip
     if cache.reconstructions is not None:
-        kept = min(cache.reconstructions_done, len(chosen))
-        rows[:kept] = cache.reconstructions[:kept]
+        done = cache.reconstructions_done
+        rows[:done] = cache.reconstructions[:done]
     rows.flush()
     del rows
     (folder / "reconstructions.npy.part").replace(folder / "reconstructions.npy")
