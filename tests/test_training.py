@@ -406,6 +406,34 @@ def test_the_mixture_and_the_degradation_are_the_run_s_to_set(tiny_data, tmp_pat
         assert message in capsys.readouterr().err
 
 
+def test_decoder_trace_pairs_can_take_a_chain_of_their_own(tiny_data, tmp_path, monkeypatch, capsys):
+    """--trace-degradation sets the chain of the TAEF2 kinds' pairs over --degradation: with every
+    step off there, no TAEF2 pair is degraded heavily while blends still are, and the two members of
+    a pair still come out alike."""
+    from deepfake.training import train as train_module
+    from deepfake.training.data import build_cache
+
+    off = ["tone=0", "blur=0", "noise=0", "resize=0", "h264=0", "jpeg_heavy=0", "jpeg_light=0"]
+    config = train_module.parse_args(["--data", str(tiny_data), "--out", str(tmp_path / "m.pth"), "--input-size", "64",
+                                      "--trace-degradation", *off])  # fmt: skip
+    assert config.degradation == {} and config.trace_degradation == {name.split("=")[0]: 0.0 for name in off}
+    cache = build_cache(tiny_data, tmp_path / "cache", val_fraction=0.5)
+    reals = train_module.kinds_available(cache, config, validation=False)["self_blend"]
+    pairs = train_module.draw_pairs(cache, {"self_blend": reals, "taef2": reals}, 60, np.random.default_rng(0),
+                                    {"self_blend": 0.5, "taef2": 0.5})  # fmt: skip
+    monkeypatch.setattr(train_module, "make_fake", lambda kind, cache, index, *rest: np.asarray(cache.crops[index]))
+    dataset = train_module.PairSet(cache, pairs, np.array(reals), config, train=True)
+    heavy = {"self_blend": 0, "taef2": 0}
+    for i, (_, kind, _) in enumerate(pairs):
+        pixels, _, weights, _ = dataset[i]
+        assert torch.equal(pixels[0], pixels[1]), f"pair {i} ({kind}) was degraded differently"
+        heavy[kind] += weights[1].item() < 1
+    assert heavy["taef2"] == 0 and heavy["self_blend"] > 0
+    with pytest.raises(SystemExit):
+        train_module.parse_args(["--data", str(tiny_data), "--trace-degradation", "jpeg_heavy=0.7", "jpeg_light=0.7"])
+    assert "jpeg_heavy + jpeg_light must not exceed 1" in capsys.readouterr().err
+
+
 def test_a_pair_shares_one_level_of_detail_and_compression(tiny_data, tmp_path, monkeypatch):
     """A fake-folder pair whose real was blown up from few source pixels: the sharper fake is
     resampled down to the real's detail, so that sharpness cannot tell the classes apart; a real
