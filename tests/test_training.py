@@ -189,6 +189,15 @@ def test_left_out_kinds_are_never_trained_on(tiny_data, tmp_path):
     assert "blurred" not in loaded.trained_on and "auc:fake:blurred" not in loaded.metrics["as given"]
 
 
+def test_a_kind_without_a_share_is_not_listed_as_trained_on(tiny_data, tmp_path):
+    """A kind the mixture gives no share is never drawn: the checkpoint must not claim it."""
+    out = tmp_path / "no-swaps.pth"
+    train_main(["--data", str(tiny_data), "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY,
+                "--total-samples", "8", "--max-steps", "1", "--mixture", "part_swap=0"])  # fmt: skip
+    trained_on = load_model(out).trained_on
+    assert "part_swap" not in trained_on and {"self_blend", "blurred"} <= set(trained_on)
+
+
 @pytest.fixture(scope="module")
 def held_out(tiny_data, tmp_path_factory, hopper_rgb, astronaut_rgb) -> dict:
     """Beside ``tiny_data``: three tiny clips (the cache trains on the first two and holds the third

@@ -312,6 +312,11 @@ def kinds_available(cache: CropCache, config: TrainConfig, validation: bool) -> 
     return {k: v for k, v in kinds.items() if v and k not in config.leave_out}
 
 
+def kind_share(mixture: dict[str, float], kind: str) -> float:
+    """Share of pairs of ``kind`` before normalising; a fake folder the mixture does not name gets 0.1."""
+    return mixture.get(kind, 0.1)
+
+
 def draw_pairs(cache: CropCache, kinds: dict[str, list[int]], count: int, rng: np.random.Generator,
                mixture: dict[str, float]) -> list[tuple[int, str, int]]:  # fmt: skip
     """``count`` pairs (real index, kind, fake index or -1) with kinds in ``mixture`` proportions
@@ -321,7 +326,7 @@ def draw_pairs(cache: CropCache, kinds: dict[str, list[int]], count: int, rng: n
     for i in reals:
         by_source.setdefault(cache.records[i].source, []).append(i)
     names = [k for k in mixture if k in kinds] + [k for k in kinds if k.startswith("fake:") and k not in mixture]
-    weights = np.array([mixture.get(k, 0.1) for k in names])
+    weights = np.array([kind_share(mixture, k) for k in names])
     chosen = rng.choice(len(names), size=count, p=weights / weights.sum())
     pairs = []
     for n in chosen:
@@ -680,7 +685,9 @@ def _save(out: Path, model: nn.Module, model_config: ModelConfig, report: dict, 
                "protocol": "identity-disjoint validation split (LFW by person, near-duplicates grouped, video clips "
                            "whole); pairs of a real face and a fake, each condition applied to both"}  # fmt: skip
     trained_on = sorted({r.source for r in cache.records if r.label == 0})
-    trained_on += [k for k in train_kinds if not k.startswith("fake:")] + [k[5:] for k in train_kinds if k.startswith("fake:")]
+    # A kind the mixture gives no share was never drawn, so it is not one the model trained on.
+    drawn = [k for k in train_kinds if kind_share(config.mixture, k) > 0]
+    trained_on += [k for k in drawn if not k.startswith("fake:")] + [k[5:] for k in drawn if k.startswith("fake:")]
     save_checkpoint(out, model, model_config, threshold=DEFAULT_THRESHOLD, temperature=1.0, metrics=metrics,
                     trained_on=trained_on, version=config.version,
                     extra={"name": f"{config.arch}-deepfake", "train_config": asdict(config), "lineage": lineage})  # fmt: skip
