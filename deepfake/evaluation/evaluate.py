@@ -55,7 +55,7 @@ from deepfake.training.augment import frame_crop
 from deepfake.training.data import FRAME_SEP, VIDEO_SOURCE, CropCache, build_cache
 from deepfake.training.degradation import LADDER, degrade_crop
 from deepfake.training.pseudofakes import decoder_blend, part_swap, self_blend
-from deepfake.training.train import TrainConfig
+from deepfake.training.train import TRACE_KINDS, TrainConfig
 from deepfake.video import VideoDeepfakeDetector
 
 FALSE_ALARM_BUDGET = 0.10
@@ -232,7 +232,7 @@ def made_units(cache: CropCache, bases: list[int], reconstructions: dict[int, np
     for i in bases:
         record = cache.records[i]
         for kind in ("real", *MADE_KINDS):
-            if kind in ("decoder_blend", "taef2") and i not in reconstructions:
+            if kind in TRACE_KINDS and i not in reconstructions:
                 continue
             units.append(Unit(kind, int(kind != "real"), record.source, record.path, i, record.gender, record.group))
     return units
