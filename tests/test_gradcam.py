@@ -21,10 +21,10 @@ PATCH_ROWS, PATCH_COLS = slice(40, 56), slice(8, 24)
 class PatchModel(nn.Module):
     """The logit sees one image patch only: masked input, bias-free convolutions."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: slice = PATCH_ROWS, cols: slice = PATCH_COLS) -> None:
         super().__init__()
         mask = torch.zeros(1, 1, SIZE, SIZE)
-        mask[..., PATCH_ROWS, PATCH_COLS] = 1.0
+        mask[..., rows, cols] = 1.0
         self.register_buffer("mask", mask)
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
         # Stride 2: the 32x32 map must be upsampled to the input size.
@@ -206,3 +206,22 @@ def test_create_cam_rejects_unknown_method(patch_model: PatchModel) -> None:
     )
     with pytest.raises(ValueError, match="gradcam"):
         create_cam("scorecam", patch_model, patch_model.conv2)
+
+
+def test_several_layers_average_their_own_scaled_maps(inputs: torch.Tensor) -> None:
+    """An ensemble's map (one layer per member) is the mean of each member's own scaled map,
+    scaled again, as pytorch-grad-cam aggregates layers: both members' patches light up."""
+    from deepfake.model import Ensemble
+
+    torch.manual_seed(0)
+    first, second = PatchModel(), PatchModel(rows=slice(8, 24), cols=slice(40, 56))
+    ensemble = Ensemble([first, second])
+    maps = GradCAM(ensemble, [first.conv2, second.conv2])(inputs)
+    own = (GradCAM(first, first.conv2)(inputs) + GradCAM(second, second.conv2)(inputs)) / 2
+    low, high = own.min(axis=(1, 2), keepdims=True), own.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(maps, (own - low) / (high - low), atol=1e-5)
+    assert (maps[:, 40:56, 8:24].max(axis=(1, 2)) > 0.5).all()
+    assert (maps[:, 8:24, 40:56].max(axis=(1, 2)) > 0.5).all()
+    assert not first.conv2._forward_hooks and not second.conv2._forward_hooks
+    with pytest.raises(ValueError, match="at least one target layer"):
+        GradCAM(ensemble, [])

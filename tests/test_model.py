@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from deepfake.errors import UnknownArchitectureError
-from deepfake.model import ModelConfig, SamePadConv2d, cam_layer, create_model, default_config, fold_batchnorm
+from deepfake.model import (
+    Ensemble,
+    ModelConfig,
+    SamePadConv2d,
+    cam_layers,
+    create_model,
+    default_config,
+    fold_batchnorm,
+)
 from explainability.gradcam import create_cam
 
 
@@ -27,8 +35,7 @@ def test_num_outputs():
 
 
 def test_cam_layer_is_inside_the_model(model):
-    layer = cam_layer(model)
-    assert layer is model.cam_layer
+    (layer,) = cam_layers(model)
     assert any(layer is m for m in model.modules())
     seen = []
     handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
@@ -38,13 +45,29 @@ def test_cam_layer_is_inside_the_model(model):
     finally:
         handle.remove()
     assert seen == [torch.Size([1, 192, 7, 7])]  # the last residual stage, 7x7 at 224 px
-    assert cam_layer(torch.nn.Linear(2, 1)) is None
+    assert cam_layers(torch.nn.Linear(2, 1)) == []
 
 
 def test_unknown_architecture():
     with pytest.raises(UnknownArchitectureError) as excinfo:
         create_model("resnet9000")
     assert "resnet9000" in str(excinfo.value) and "efficientnet_lite0" in str(excinfo.value)
+
+
+def test_an_ensemble_averages_its_members_head_logits():
+    torch.manual_seed(2)
+    ensemble = create_model("2xefficientnet_lite0", num_outputs=2).eval()
+    assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 2
+    first, second = ensemble.members
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(ensemble(x), (first(x) + second(x)) / 2, atol=1e-6)
+        assert not torch.allclose(first(x), second(x), atol=1e-3)  # two members, not one twice
+    assert cam_layers(ensemble) == [*cam_layers(first), *cam_layers(second)]
+    assert set(fold_batchnorm(ensemble).state_dict()) >= {"members.0.head.conv.bias", "members.1.head.conv.bias"}
+    for arch in ("1xefficientnet_lite0", "2xresnet9000", "2x"):
+        with pytest.raises(UnknownArchitectureError, match="ensemble"):
+            create_model(arch)
 
 
 def test_config_round_trip():
@@ -88,8 +111,8 @@ def test_folded_batchnorm_scores_and_explains_as_the_model_does():
         expected = model(x)
         assert torch.allclose(folded(x), expected, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(create_model("efficientnet_lite0", num_outputs=2).eval()(x), expected, atol=1e-2)
-    maps, _ = create_cam("gradcam", model, cam_layer(model)).compute(x, output_index=1)
-    folded_maps, _ = create_cam("gradcam", folded, cam_layer(folded)).compute(x, output_index=1)
+    maps, _ = create_cam("gradcam", model, cam_layers(model)).compute(x, output_index=1)
+    folded_maps, _ = create_cam("gradcam", folded, cam_layers(folded)).compute(x, output_index=1)
     assert np.allclose(folded_maps, maps, atol=1e-4) and maps.std() > 0
     linear = torch.nn.Linear(2, 1)
     assert fold_batchnorm(linear) is linear  # nothing to fold (a TorchScript module likewise)

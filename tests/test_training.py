@@ -137,6 +137,49 @@ def test_train_writes_a_loadable_two_head_checkpoint_and_resumes(tiny_data, tmp_
                     "--init", str(out), str(tmp_path / "one.pth"), "--total-samples", "0", *TINY])  # fmt: skip
 
 
+def test_an_ensemble_keeps_its_members_whole_and_is_calibrated_not_trained(tiny_data, tmp_path, hopper_rgb, capsys):
+    """--ensemble: the --init checkpoints become members of one model (their weights as they were),
+    calibrated on validation; the engine loads, scores and explains it like any other checkpoint."""
+    config = ModelConfig(arch="efficientnet_lite0", input_size=64, flip_average=True, heads=("blending", "generation"),
+                         combine_weights=(1.0, 1.0), head_temperatures=(1.0, 1.0))  # fmt: skip
+    members = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        members.append(tmp_path / f"member{seed}.pth")
+        save_checkpoint(members[-1], create_model("efficientnet_lite0", num_outputs=2), config,
+                        extra={"train_config": {"seed": seed}})  # fmt: skip
+    out = tmp_path / "ensemble.pth"
+    args = ["--data", str(tiny_data), "--cache", str(tmp_path / "cache"), *TINY, "--ensemble"]
+    train_main([*args, "--out", str(out), "--init", *map(str, members), "--total-samples", "0", "--version", "ens-1"])
+    saved = torch.load(out, weights_only=True)
+    assert saved["arch"] == "2xefficientnet_lite0" and saved["version"] == "ens-1"
+    assert saved["lineage"] == [{"seed": 3}, {"seed": 4}]
+    for i, member in enumerate(members):
+        for key, value in torch.load(member, weights_only=True)["state_dict"].items():
+            assert torch.equal(saved["state_dict"][f"members.{i}.{key}"], value), key
+    loaded = load_model(out)
+    assert loaded.config.combine == "mixture" and loaded.config.head_temperatures != (1.0, 1.0)
+    assert "auc:self_blend" in loaded.metrics["as given"]
+
+    engine = DetectionEngine.load(out, device="cpu")
+    crop = engine.crop(hopper_rgb, engine.faces_for([hopper_rgb])[0][0].box).pixels
+    scores, cams = engine.score_and_cams([crop])
+    assert scores.fake[0] == pytest.approx(engine.score_heads([crop]).fake[0], abs=1e-5)
+    assert cams.shape == (1, 64, 64) and cams.max() == pytest.approx(1.0)
+
+    # Members must prepare crops alike and have the run's heads; an ensemble is not trained.
+    save_checkpoint(tmp_path / "wide.pth", create_model("efficientnet_lite0", num_outputs=2),
+                    ModelConfig(**{**config.to_dict(), "input_size": 96}))  # fmt: skip
+    with pytest.raises(SystemExit, match="input_size"):
+        train_main([*args, "--out", str(tmp_path / "bad.pth"), "--init", str(members[0]), str(tmp_path / "wide.pth"),
+                    "--total-samples", "0"])  # fmt: skip
+    with pytest.raises(SystemExit, match="at least two"):
+        train_main([*args, "--out", str(tmp_path / "bad.pth"), "--init", str(members[0]), "--total-samples", "0"])
+    with pytest.raises(SystemExit):
+        train_main([*args, "--out", str(tmp_path / "bad.pth"), "--init", *map(str, members), "--total-samples", "8"])
+    assert "does not train it" in capsys.readouterr().err and not (tmp_path / "bad.pth").exists()
+
+
 def test_change_maps_mark_the_manipulation_and_train_a_head_the_checkpoint_leaves_out(tiny_data, tmp_path,
                                                                                        monkeypatch):
     """A pair's change map marks where its made fake differs from its real after the shared chain (a

@@ -13,7 +13,8 @@ Faces are detected and cropped once into a cache; training runs for ``--total-sa
 ``--epoch-size`` chunks. Each chunk ends with a validation on identity-disjoint faces, a resumable
 state (``<out>.state.pt``), the chunk's calibrated checkpoint (``<out>.last.pth``) and, when the
 selection score improves, a calibrated checkpoint at ``--out``. ``--init CHECKPOINT --total-samples 0``
-only recalibrates a trained model; ``--init`` with several checkpoints averages their weights first.
+only recalibrates a trained model; ``--init`` with several checkpoints averages their weights first,
+or with ``--ensemble`` keeps them whole, as members of an ensemble that is calibrated, not trained.
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ from deepfake.engine import select_device
 from deepfake.evaluation.metrics import expected_calibration_error, fit_temperature, roc_auc
 from deepfake.faces import limit_detail
 from deepfake.loading import DEFAULT_THRESHOLD, load_model, save_checkpoint
-from deepfake.model import COMBINE_FORMS, ModelConfig, combine_heads, create_model, head_logits
+from deepfake.model import (
+    COMBINE_FORMS,
+    Ensemble,
+    ModelConfig,
+    combine_heads,
+    create_model,
+    ensemble_arch,
+    head_logits,
+)
 from deepfake.training.augment import frame_crop, paired_look
 from deepfake.training.data import CACHE_MARGIN, CropCache, add_reconstructions, build_cache
 from deepfake.training.degradation import (
@@ -118,6 +127,9 @@ class TrainConfig:
     leave_out: list[str] = field(default_factory=list)  # fake kinds never trained on (e.g. fake:sd21, taef2)
     # Start from this checkpoint instead of ImageNet; from several, from their weights' average.
     init: list[str] = field(default_factory=list)
+    # With several --init checkpoints: keep each whole, as a member of an ensemble (model.Ensemble),
+    # and only calibrate it (--total-samples 0). For lineages that weight averaging cannot join.
+    ensemble: bool = False
     val_fraction: float = 0.1
     val_per_kind: int = 200
     workers: int = 1
@@ -568,26 +580,28 @@ def train(config: TrainConfig) -> dict:
                                detail_size=config.detail_size, flip_average=config.flip_average, heads=HEADS,
                                combine_weights=(1.0, 1.0), head_temperatures=(1.0, 1.0))  # fmt: skip
     history, lineage = [], []
-    if config.init:
+    inits = [torch.load(path, map_location="cpu", weights_only=True) for path in config.init]
+    # Every run that shaped the weights, oldest first, each once (a soup's ingredients share most).
+    for init in inits:
+        for run in [*init.get("lineage", []), init.get("train_config")]:
+            if run is not None and run not in lineage:
+                lineage.append(run)
+    if config.ensemble:
+        model, model_config = ensemble_of(config.init, model_config)
+    elif config.init:
         loaded = load_model(config.init[0])
         model = loaded.module
         if loaded.config.heads != HEADS:
             raise SystemExit(f"--init needs a {HEADS} model; {config.init[0]} has heads {loaded.config.heads}.")
-        inits = [torch.load(path, map_location="cpu", weights_only=True) for path in config.init]
         if len(inits) > 1:
             model.load_state_dict(average_weights(inits, config.init))
         for p in model.parameters():
             p.requires_grad_(True)
         history = list(inits[0].get("metrics", {}).get("history", []))
-        # Every run that shaped the weights, oldest first, each once (a soup's ingredients share most).
-        for init in inits:
-            for run in [*init.get("lineage", []), init.get("train_config")]:
-                if run is not None and run not in lineage:
-                    lineage.append(run)
     else:
         model = create_model(config.arch, pretrained=True, num_outputs=len(HEADS))
     model = model.to(device).to(memory_format=torch.channels_last)
-    change_head = ChangeMapHead(model).to(device) if config.mask_loss > 0 else None
+    change_head = ChangeMapHead(model).to(device) if config.mask_loss > 0 and not config.ensemble else None
     trained = list(model.parameters()) + (list(change_head.parameters()) if change_head else [])
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     pairs_per_batch = max(1, config.batch_size // 2)
@@ -679,6 +693,29 @@ def train(config: TrainConfig) -> dict:
     return final
 
 
+# What an ensemble's members must agree on: they score the same crops, and their head logits are averaged.
+# (Mirror averaging is the ensemble's own choice: it scores each pass with every member.)
+SHARED_BY_MEMBERS = ("input_size", "mean", "std", "face_margin", "detail_size", "heads")
+
+
+def ensemble_of(paths: list[str], model_config: ModelConfig) -> tuple[Ensemble, ModelConfig]:
+    """The checkpoints at ``paths`` as one ensemble, and its (uncalibrated) config; members that do
+    not prepare crops as ``model_config`` says, or have other heads, end the run with a message."""
+    if len(paths) < 2:
+        raise SystemExit("--ensemble needs at least two --init checkpoints.")
+    members = [load_model(path) for path in paths]
+    archs = {m.config.arch for m in members}
+    if len(archs) > 1:
+        raise SystemExit(f"--ensemble: the members are of different architectures ({sorted(archs)}).")
+    for path, member in zip(paths, members):
+        differ = [name for name in SHARED_BY_MEMBERS if getattr(member.config, name) != getattr(model_config, name)]
+        if differ:
+            raise SystemExit(f"--ensemble: {path} differs from this run's settings in {', '.join(differ)} "
+                             f"({', '.join(f'{n}={getattr(member.config, n)}' for n in differ)}).")  # fmt: skip
+    arch = ensemble_arch(archs.pop(), len(members))
+    return Ensemble([m.module for m in members]), ModelConfig(**{**asdict(model_config), "arch": arch})
+
+
 def _save(out: Path, model: nn.Module, model_config: ModelConfig, report: dict, history: list, cache: CropCache,
           config: TrainConfig, lineage: list, train_kinds: dict) -> None:  # fmt: skip
     metrics = {**report, "history": history,
@@ -690,7 +727,7 @@ def _save(out: Path, model: nn.Module, model_config: ModelConfig, report: dict, 
     trained_on += [k for k in drawn if not k.startswith("fake:")] + [k[5:] for k in drawn if k.startswith("fake:")]
     save_checkpoint(out, model, model_config, threshold=DEFAULT_THRESHOLD, temperature=1.0, metrics=metrics,
                     trained_on=trained_on, version=config.version,
-                    extra={"name": f"{config.arch}-deepfake", "train_config": asdict(config), "lineage": lineage})  # fmt: skip
+                    extra={"name": f"{model_config.arch}-deepfake", "train_config": asdict(config), "lineage": lineage})  # fmt: skip
     log.info("wrote %s (selection %.4f, %s combiner %s / %s + %s, head temperatures %s)", out, report["selection"],
              model_config.combine, model_config.combine_weights, model_config.combine_offsets, model_config.combine_bias,
              model_config.head_temperatures)  # fmt: skip
@@ -722,6 +759,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="the same for the decoder-trace kinds' pairs (taef2, decoder_blend), over --degradation")
     parser.add_argument("--init", nargs="+", default=[], metavar="CHECKPOINT",
                         help="start from this checkpoint; from several (of one lineage), from their average")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="keep the --init checkpoints whole, as an ensemble, and calibrate it (--total-samples 0)")
     parser.add_argument("--device")
     parser.add_argument("--version", default=defaults.version)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=defaults.bf16,
@@ -738,6 +777,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         DegradationConfig(**{**args["degradation"], **args["trace_degradation"]})
     except ValueError as exc:
         parser.error(f"--degradation / --trace-degradation: {exc}")
+    if args["ensemble"] and args["total_samples"]:
+        parser.error("--ensemble calibrates an ensemble of trained models and does not train it: add --total-samples 0")
     return TrainConfig(**args)
 
 
