@@ -102,7 +102,10 @@ with st.sidebar:
     if evaluation is not None and isinstance(evaluation.metrics.get("image_level"), dict):
         level = evaluation.metrics["image_level"]
         auc = "–" if level.get("auc") is None else f"{level['auc']:.2f}"
-        st.markdown(f"Measured on held-out files (details in *Model performance*):\n"
+        evaluated_version = evaluation.metrics.get("model", {}).get("version")
+        measured_for = ("" if evaluated_version in (None, model.version)  # a report of another model says so
+                        else f" for version `{evaluated_version}`, not the loaded one")
+        st.markdown(f"Measured on held-out files{measured_for} (details in *Model performance*):\n"
                     f"- AUC {auc} (1 is perfect, 0.5 a coin toss)\n"
                     f"- False alarms: {percent(level.get('fpr', 0.0))} of real files called FAKE\n"
                     f"- Missed fakes: {percent(level.get('fnr', 0.0))} of fakes called REAL")  # fmt: skip

@@ -170,6 +170,15 @@ def test_model_performance_view(monkeypatch, app, empty_reports):
     assert any("Keep 0.60" in m.value for m in app.markdown)
     assert "lfw" in next(t for t in tables if "fnr" in t.columns and "lfw" in t.index).index
     assert "JPEG quality 50" in next(t for t in tables if "as given" in t.index).index
+    # The sidebar's held-out figures say whose they are when the report is another model's.
+    held_out = next(m.value for m in app.sidebar.markdown if m.value.startswith("Measured on held-out files"))
+    assert "not the loaded one" not in held_out and not app.warning
+    metrics["model"]["version"] = "0.9.9"
+    (empty_reports / "metrics.json").write_text(json.dumps(metrics, default=float))
+    app.run()
+    held_out = next(m.value for m in app.sidebar.markdown if m.value.startswith("Measured on held-out files"))
+    assert "for version `0.9.9`, not the loaded one" in held_out
+    assert any("not the loaded test" in w.value for w in app.warning)
 
     (empty_reports / "metrics.json").write_text("{ not json")
     app.run()
