@@ -102,9 +102,8 @@ with st.sidebar:
     if evaluation is not None and isinstance(evaluation.metrics.get("image_level"), dict):
         level = evaluation.metrics["image_level"]
         auc = "–" if level.get("auc") is None else f"{level['auc']:.2f}"
-        evaluated_version = evaluation.metrics.get("model", {}).get("version")
-        measured_for = ("" if evaluated_version in (None, model.version)  # a report of another model says so
-                        else f" for version `{evaluated_version}`, not the loaded one")
+        other = evaluation.other_version(model.version)
+        measured_for = f" for version `{other}`, not the loaded one" if other else ""
         st.markdown(f"Measured on held-out files{measured_for} (details in *Model performance*):\n"
                     f"- AUC {auc} (1 is perfect, 0.5 a coin toss)\n"
                     f"- False alarms: {percent(level.get('fpr', 0.0))} of real files called FAKE\n"
@@ -334,8 +333,8 @@ with performance_tab:
         st.markdown(f"Measured by `deepfake.evaluate` for model **{markdown_literal(str(evaluated.get('name', '?')))}** "
                     f"version `{evaluated.get('version', '?')}` on `{protocol.get('data', '?')}` "
                     f"(split `{protocol.get('split', '?')}`).")  # fmt: skip
-        if evaluated.get("version") not in (None, model.version):
-            st.warning(f"These numbers are for version {evaluated.get('version')}, not the loaded {model.version}.")
+        if other := evaluation.other_version(model.version):
+            st.warning(f"These numbers are for version {other}, not the loaded {model.version}.")
         st.subheader("How well it separates real from fake")
         st.dataframe(dashboard.metrics_table(evaluation), column_config={
             k: st.column_config.NumberColumn(label, format="%d" if k == "n" else "%.3f")

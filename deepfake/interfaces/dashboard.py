@@ -323,6 +323,12 @@ class Evaluation:
     plots: dict[str, Path]  # plot name (roc, reliability, ...) -> PNG present on disk
     threshold_report: str | None
 
+    def other_version(self, loaded_version: str) -> str | None:
+        """The version this evaluation measured when it is not the loaded model's (None when it is or
+        the report does not say), so that figures of another model are never shown as this one's."""
+        version = self.metrics.get("model", {}).get("version")
+        return None if version in (None, loaded_version) else str(version)
+
 
 def load_evaluation(folder: Path) -> Evaluation | None:
     """The evaluation in ``folder``, or None when there is none or it cannot be read."""
