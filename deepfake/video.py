@@ -336,11 +336,14 @@ class VideoDeepfakeDetector(_Detector):
 
 
 def explain_video(timeline: list[FrameResult], suspicious: list[int], threshold: float) -> str:
-    """One sentence: where the most suspicious frame is and what its faces show."""
+    """Where the most suspicious frame is, its own score and what its faces show. The score is
+    said because a frame can read FAKE in a clip judged REAL on all its frames (held-out interview
+    clips have single frames at 0.9: model card), and the frame's sentence then speaks of traces."""
     top = timeline[suspicious[0]] if suspicious else None
     if top is None or not top.faces[0].explanation:
         return ""
-    return f"Most suspicious frame at {top.time_s:.1f} s. " + summarize_faces(top.faces, threshold)
+    return (f"Most suspicious frame at {top.time_s:.1f} s ({top.fake_probability:.0%} fake on its own). "
+            + summarize_faces(top.faces, threshold))
 
 
 def _score_colour(probability: float, threshold: float) -> tuple[int, int, int]:

@@ -96,6 +96,7 @@ def test_video_view(bench, clip):
     assert low.verdict == "FAKE" and low.cam_method == "gradcam++"
     assert low.explanation.startswith("Most suspicious frame at")
     top = low.timeline[low.suspicious_frames[0]]
+    assert f"({top.fake_probability:.0%} fake on its own)" in low.explanation
     assert top.faces[0].cam is not None and top.faces[0].explanation
     assert bench.view(analysis, 0.99).verdict == "REAL"
     assert analysis.result.threshold == 0.6
