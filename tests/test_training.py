@@ -137,6 +137,22 @@ def test_train_writes_a_loadable_two_head_checkpoint_and_resumes(tiny_data, tmp_
                     "--init", str(out), str(tmp_path / "one.pth"), "--total-samples", "0", *TINY])  # fmt: skip
 
 
+def test_a_run_whose_state_is_lost_goes_on_from_its_checkpoint(tiny_data, tmp_path):
+    first = tmp_path / "first.pth"
+    args = ["--data", str(tiny_data), "--cache", str(tmp_path / "cache"), *TINY, "--total-samples", "24"]
+    train_main([*args, "--out", str(first), "--max-steps", "2"])  # chunk 1 of 3, then the state is lost
+    first.with_name("first.state.pt").unlink()
+    then = tmp_path / "then.pth"
+    train_main([*args, "--out", str(then), "--continue-from", str(first)])
+    # Chunk 2 of 3 starts at step 2 of the warm-up-then-cosine schedule (6 steps), not at its start.
+    lr = 3e-4 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * 2 / 6)))
+    assert f"at chunk 2 (lr {lr:.2e})" in then.with_suffix(".log").read_text()
+    history = load_model(then.with_name("then.last.pth")).metrics["history"]
+    assert [h["chunk"] for h in history] == [1, 2, 3] and history[0] == load_model(first).metrics["history"][0]
+    with pytest.raises(SystemExit, match="seed=0 \\(here 1\\)"):
+        train_main([*args, "--out", str(tmp_path / "other.pth"), "--continue-from", str(first), "--seed", "1"])
+
+
 def test_an_ensemble_keeps_its_members_whole_and_is_calibrated_not_trained(tiny_data, tmp_path, hopper_rgb, capsys):
     """--ensemble: the --init checkpoints become members of one model (their weights as they were),
     calibrated on validation; the engine loads, scores and explains it like any other checkpoint."""

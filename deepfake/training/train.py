@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -130,6 +131,10 @@ class TrainConfig:
     # With several --init checkpoints: keep each whole, as a member of an ensemble (model.Ensemble),
     # and only calibrate it (--total-samples 0). For lineages that weight averaging cannot join.
     ensemble: bool = False
+    # Go on with the run that wrote this checkpoint (its best or latest chunk) from the chunk after it,
+    # for when the run's state file is lost: its weights, history and place in the schedule are in the
+    # checkpoint; the optimizer's moments (and a change-map head) start afresh. The run's settings must match.
+    continue_from: str | None = None
     val_fraction: float = 0.1
     val_per_kind: int = 200
     workers: int = 1
@@ -615,6 +620,8 @@ def train(config: TrainConfig) -> dict:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
     start_epoch, best = 0, -1.0
+    if config.continue_from and not state_path.exists():
+        start_epoch, history, best, lineage = continue_run(config, model, schedule, steps_per_epoch)
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -693,6 +700,35 @@ def train(config: TrainConfig) -> dict:
     return final
 
 
+# Settings that say where and how a run is carried out, not what it trains: a continued run may change them.
+NOT_THE_RUN = {"data", "out", "cache", "videos", "taef2", "workers", "device", "max_steps", "version", "continue_from"}
+
+
+def continue_run(config: TrainConfig, model: nn.Module, schedule: torch.optim.lr_scheduler.LRScheduler,
+                 steps_per_epoch: int) -> tuple[int, list, float, list]:  # fmt: skip
+    """Load ``config.continue_from``'s weights into ``model`` and step ``schedule`` to where its run
+    stopped; return (chunks done, history, best selection, lineage). Ends the run with a message when
+    the checkpoint was trained with other settings (what its train_config does not name is not compared)."""
+    checkpoint = torch.load(config.continue_from, map_location="cpu", weights_only=True)
+    theirs = checkpoint.get("train_config") or {}
+    ours = asdict(config)
+    differ = [n for n in ours if n not in NOT_THE_RUN and n in theirs and theirs[n] != ours[n]]
+    if not theirs or differ:
+        raise SystemExit(f"--continue-from: {config.continue_from} was trained with other settings: "
+                         + (", ".join(f"{n}={theirs[n]!r} (here {ours[n]!r})" for n in differ) or "none recorded"))  # fmt: skip
+    model.load_state_dict(checkpoint["state_dict"])
+    history = list(checkpoint["metrics"]["history"])
+    done = int(history[-1]["chunk"])
+    with warnings.catch_warnings():  # stepping the schedule without optimizer steps is the point here
+        warnings.simplefilter("ignore")
+        for _ in range(done * steps_per_epoch):
+            schedule.step()
+    best = max(float(h["selection"]) for h in history[-done:])
+    log.info("continued %s at chunk %d (lr %.2e); optimizer moments start afresh", config.continue_from, done + 1,
+             schedule.get_last_lr()[0])  # fmt: skip
+    return done, history, best, list(checkpoint.get("lineage", []))
+
+
 # What an ensemble's members must agree on: they score the same crops, and their head logits are averaged.
 # (Mirror averaging is the ensemble's own choice: it scores each pass with every member.)
 SHARED_BY_MEMBERS = ("input_size", "mean", "std", "face_margin", "detail_size", "heads")
@@ -759,6 +795,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="the same for the decoder-trace kinds' pairs (taef2, decoder_blend), over --degradation")
     parser.add_argument("--init", nargs="+", default=[], metavar="CHECKPOINT",
                         help="start from this checkpoint; from several (of one lineage), from their average")
+    parser.add_argument("--continue-from", metavar="CHECKPOINT",
+                        help="go on with the run that wrote CHECKPOINT after its last chunk when its state file is lost")
     parser.add_argument("--ensemble", action="store_true",
                         help="keep the --init checkpoints whole, as an ensemble, and calibrate it (--total-samples 0)")
     parser.add_argument("--device")
@@ -777,6 +815,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         DegradationConfig(**{**args["degradation"], **args["trace_degradation"]})
     except ValueError as exc:
         parser.error(f"--degradation / --trace-degradation: {exc}")
+    if args["continue_from"] and (args["init"] or args["ensemble"]):
+        parser.error("--continue-from goes on with one run's checkpoint: it takes no --init or --ensemble")
     if args["ensemble"] and args["total_samples"]:
         parser.error("--ensemble calibrates an ensemble of trained models and does not train it: add --total-samples 0")
     return TrainConfig(**args)
