@@ -51,7 +51,13 @@ from deepfake.model import (
     head_logits,
 )
 from deepfake.training.augment import frame_crop, paired_look
-from deepfake.training.data import CACHE_MARGIN, CropCache, add_reconstructions, build_cache
+from deepfake.training.data import (
+    CACHE_MARGIN,
+    RECONSTRUCTIONS_PER_SOURCE,
+    CropCache,
+    add_reconstructions,
+    build_cache,
+)
 from deepfake.training.degradation import (
     LADDER,
     Degradation,
@@ -114,7 +120,7 @@ class TrainConfig:
     cache: str = ".cache/faces-v2"
     videos: str | None = None  # folder of authentic clips: their frames are real faces too
     taef2: str | None = None  # TAEF2 weights folder: decoder-trace fakes
-    reconstructions_per_source: int = 150
+    reconstructions_per_source: int = RECONSTRUCTIONS_PER_SOURCE  # TAEF2 renderings a real source (data.py)
     arch: str = "efficientnet_lite0"
     input_size: int = 192  # v2: full detail at 192 px, 0.73x the pixels (and compute) of 224
     face_margin: float = 1.3
@@ -701,7 +707,8 @@ def train(config: TrainConfig) -> dict:
 
 
 # Settings that say where and how a run is carried out, not what it trains: a continued run may change them.
-NOT_THE_RUN = {"data", "out", "cache", "videos", "taef2", "workers", "device", "max_steps", "version", "continue_from"}
+NOT_THE_RUN = {"data", "out", "cache", "videos", "taef2", "reconstructions_per_source", "workers", "device", "max_steps",
+               "version", "continue_from"}  # fmt: skip
 
 
 def continue_run(config: TrainConfig, model: nn.Module, schedule: torch.optim.lr_scheduler.LRScheduler,
