@@ -25,6 +25,22 @@ def test_auc_and_ap_match_sklearn(scored):
     )
 
 
+def test_auc_interval_holds_the_auc_and_narrows_with_more_items(scored):
+    labels, scores = scored
+    real, fake = scores[labels == 0], scores[labels == 1]
+    assert metrics._pairwise_auc(real, fake) == pytest.approx(metrics.roc_auc(labels, scores), abs=1e-12)  # ties half
+    low, high = metrics.auc_interval(labels, scores)
+    assert low < metrics.roc_auc(labels, scores) < high and metrics.auc_interval(labels, scores) == (low, high)
+    # Four times the items (the same distribution): about half the width, as 1/sqrt(n) says.
+    rng = np.random.default_rng(4)
+    many = rng.integers(0, 2, 1600)
+    wide = high - low
+    narrow = np.subtract(*metrics.auc_interval(many, np.clip(rng.normal(0.35 + 0.3 * many, 0.2), 0, 1).round(2))[::-1])
+    assert 0.35 * wide < narrow < 0.7 * wide
+    assert metrics.auc_interval([0, 0], [0.1, 0.2]) is None and metrics.interval_text(None) is None
+    assert metrics.interval_text((0.61234, 0.7)) == "0.612-0.700"
+
+
 def test_roc_curve_matches_sklearn(scored):
     labels, scores = scored
     fpr, tpr, thresholds = metrics.roc_curve(labels, scores)

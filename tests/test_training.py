@@ -405,6 +405,14 @@ def test_evaluate_two_head_model_and_left_out_kinds(tiny_data, held_out, two_hea
     assert taef2["n_fake"] == report["kinds"]["taef2"]["n_fake"] and 0 <= taef2["auc_matched"] <= 1
     assert "blending head AUC (matched)" in kinds_table(report).columns
     assert list(loko_table(report).index) == ["blurred", "taef2"]
+    # Each AUC matched comes with the spread one draw of held-out items leaves, in the report and the dashboard.
+    for k in [*report["kinds"].values(), *({"matched": {"auc": m["auc_matched"], "auc_interval": m["auc_matched_interval"]}}
+                                          for m in loko["models"].values())]:  # fmt: skip
+        low, high = k["matched"]["auc_interval"]
+        assert low <= k["matched"]["auc"] <= high
+    assert kinds_table(report)["AUC matched, 95% interval"].str.fullmatch(r"\d\.\d{3}-\d\.\d{3}").all()
+    assert loko_table(report)["95% interval"].str.fullmatch(r"\d\.\d{3}-\d\.\d{3}").all()
+    assert "| 95% interval |" in (tmp_path / "EVALUATION_REPORT.md").read_text()
     with pytest.raises(SystemExit, match="not in the held-out set"):
         evaluate(EvalConfig(**{**config.__dict__, "loko_models": {"sd21": str(random_checkpoint)}}))
 

@@ -39,7 +39,9 @@ from deepfake.detector import ImageDeepfakeDetector
 from deepfake.engine import DetectionEngine
 from deepfake.errors import DeepfakeError
 from deepfake.evaluation.metrics import (
+    auc_interval,
     expected_calibration_error,
+    interval_text,
     precision_recall_curve,
     reliability,
     roc_auc,
@@ -337,6 +339,7 @@ def kind_report(units: list[Unit], scored: dict[str, Scored], threshold: float, 
                        "n_fake": int(labels[mask].sum())}  # fmt: skip
         for key, condition in (("as_given", AS_GIVEN), ("matched", MATCHED)):
             entry[key] = summarize(labels[mask], scored[condition].fake[mask], threshold)
+            entry[key]["auc_interval"] = auc_interval(labels[mask], scored[condition].fake[mask])
             if prior is not None:
                 entry[key]["ece_at_prior"] = expected_calibration_error(labels[mask], scored[condition].fake[mask],
                                                                         prior=prior)  # fmt: skip
@@ -455,7 +458,9 @@ def loko_report(models: dict[str, str], units: list[Unit], maker: Maker, kinds: 
         out["models"][kind] = {
             "model": path, "version": engine.model.version, "left_out_in_training": _left_out_in_training(engine, path, kind),
             "n_real": int((labels == 0).sum()), "n_fake": int(labels.sum()),
-            "auc_matched": _auc(labels, scored[MATCHED].fake), "main_model_auc_matched": kinds[kind]["matched"]["auc"],
+            "auc_matched": _auc(labels, scored[MATCHED].fake),
+            "auc_matched_interval": auc_interval(labels, scored[MATCHED].fake),
+            "main_model_auc_matched": kinds[kind]["matched"]["auc"],
         }  # fmt: skip
     return out
 
@@ -697,14 +702,17 @@ def _protocol_lines(report: dict) -> list[str]:
 def _kind_lines(report: dict) -> list[str]:
     kinds = report["kinds"]
     rows = {kind: {"reals": k["n_real"], "fakes": k["n_fake"], "AUC as given": k["as_given"]["auc"],
-                   "AUC matched": k["matched"]["auc"], "caught as given": k["as_given"]["recall"],
+                   "AUC matched": k["matched"]["auc"], "95% interval": interval_text(k["matched"].get("auc_interval")),
+                   "caught as given": k["as_given"]["recall"],
                    "caught matched": k["matched"]["recall"], "false alarms": k["as_given"]["fpr"],
                    "ECE as given": k["as_given"]["ece"], "ECE matched": k["matched"]["ece"]}
             | ({"ECE at prior": k["as_given"]["ece_at_prior"]} if "ece_at_prior" in k["as_given"] else {})
             for kind, k in kinds.items()}  # fmt: skip
     lines = ["## Per kind of fake", "",
              "Each kind against its reals (fake folders: every held-out real file; made kinds: the real crops they "
-             f"were made from), as given and compression matched. *Caught*: share of the kind's fakes at or above "
+             f"were made from), as given and compression matched. *95% interval*: of the AUC matched, a percentile "
+             "bootstrap (1,000 resamples of the reals and of the fakes, each class kept at its size): the spread one "
+             "draw of held-out items leaves. *Caught*: share of the kind's fakes at or above "
              f"{report['protocol']['threshold']:.2f}; *false alarms*: share of its reals above it; ECE: calibration "
              "error of P(fake) on that mix; *ECE at prior* (as given): the same with fakes weighted to the base rate "
              "the model is calibrated for (its `fake_prior`), the error a user sees on a stream with that rate.", "", _table(rows, tuple(next(iter(rows.values()), {})))]  # fmt: skip
@@ -775,14 +783,16 @@ def _loko_lines(report: dict) -> list[str]:
         return lines + ["**None were given**: no checkpoint trained without a kind was evaluated, so this report "
                         "says nothing about kinds of fake never seen in training. Train one with "
                         "`python -m deepfake.train ... --leave-out KIND` and pass `--loko-models KIND=PATH`.", ""]  # fmt: skip
-    rows = {kind: {k: v for k, v in m.items() if k != "model"} | {"model": f"`{m['model']}`"} for kind, m in loko["models"].items()}
+    rows = {kind: {k: interval_text(v) if k == "auc_matched_interval" else v for k, v in m.items() if k != "model"}
+            | {"model": f"`{m['model']}`"} for kind, m in loko["models"].items()}  # fmt: skip
     if "carried_from" in loko:
         came = loko["carried_from"]
         lines += [f"Kept from the evaluation of version `{came['model_version']}` (`{came['report']}`): these "
                   "checkpoints were not scored again; the column of this model's AUC is this evaluation's.", ""]  # fmt: skip
     return lines + [f"Each checkpoint scored on the kind it was trained without, against that kind's reals, "
                     f"compression matched ({loko['condition']}); beside it, the evaluated model's AUC on the same set. "
-                    "*left_out_in_training*: what the checkpoint's own training configuration records.", "",
+                    "*left_out_in_training*: what the checkpoint's own training configuration records; "
+                    "*auc_matched_interval*: its 95% bootstrap interval (as under *Per kind of fake*).", "",
                     _table(rows, tuple(next(iter(rows.values()))))]  # fmt: skip
 
 

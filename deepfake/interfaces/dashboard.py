@@ -26,6 +26,7 @@ import pandas as pd
 from deepfake.detector import ImageDeepfakeDetector
 from deepfake.engine import FAKE_TARGET, DetectionEngine
 from deepfake.errors import DeepfakeError
+from deepfake.evaluation.metrics import interval_text
 from deepfake.exports import history_row
 from deepfake.figures import fit
 from deepfake.loading import DEFAULT_MODEL_PATH, MODEL_ENV, LoadedModel
@@ -382,6 +383,7 @@ def kinds_table(metrics: dict) -> pd.DataFrame | None:
     for kind, k in kinds.items():
         rows[kind] = {"Made from real crops": k["population"] == "made", "Fakes": k["n_fake"], "Reals": k["n_real"],
                       "AUC as given": k["as_given"]["auc"], "AUC compression matched": k["matched"]["auc"],
+                      "AUC matched, 95% interval": interval_text(k["matched"].get("auc_interval")),
                       "Caught as given": k["as_given"]["recall"], "Caught matched": k["matched"]["recall"],
                       "ECE": k["as_given"]["ece"]}  # fmt: skip
         rows[kind] |= {f"{head} head AUC (matched)": aucs["matched"] for head, aucs in k.get("heads", {}).items()}
@@ -440,9 +442,10 @@ def loko_table(metrics: dict) -> pd.DataFrame | None:
     if not isinstance(loko, dict):
         return None
     rows = {kind: {"Checkpoint": Path(m["model"]).name, "AUC without it in training": m["auc_matched"],
+                   "95% interval": interval_text(m.get("auc_matched_interval")),
                    "AUC of this model": m["main_model_auc_matched"], "Left out (recorded)": m["left_out_in_training"]}
             for kind, m in loko.get("models", {}).items()}  # fmt: skip
-    columns = ["Checkpoint", "AUC without it in training", "AUC of this model", "Left out (recorded)"]
+    columns = ["Checkpoint", "AUC without it in training", "95% interval", "AUC of this model", "Left out (recorded)"]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns).round(3)
 
 
