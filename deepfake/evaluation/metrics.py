@@ -41,7 +41,8 @@ def roc_auc(labels, scores) -> float:
 def auc_interval(labels, scores, level: float = 0.95, resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the ROC AUC, reals and fakes resampled separately (each class
     keeps its size); None without both classes. 150 reals against 150 fakes at an AUC near 0.7 span
-    about 0.12: a smaller difference between two models on one draw of held-out items is no evidence."""
+    about 0.12: what another draw of held-out items could give. Two models scored on the same items
+    share the draw, so their difference is less uncertain than either AUC."""
     labels, scores = _check(labels, scores)
     if labels.min() == labels.max():
         return None
