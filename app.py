@@ -367,8 +367,9 @@ with performance_tab:
             st.dataframe(kinds)
             st.caption("Each kind against real faces, as given and with both re-saved at one JPEG quality "
                        f"({protocol.get('matched', '?')}), so that the sources' own compression cannot tell them apart. "
-                       "Kinds made from real crops are compared with the crops they were made from. Caught: share of "
-                       "that kind's fakes called FAKE. A two-head model also shows each head's AUC: which kind of "
+                       "Kinds made from real crops are compared with the crops they were made from. 95% interval: "
+                       "where the AUC could fall on another draw of held-out faces of this size (bootstrap). Caught: "
+                       "share of that kind's fakes called FAKE. A two-head model also shows each head's AUC: which kind of "
                        "evidence fires on which kind of fake.")  # fmt: skip
         ladder = dashboard.ladder_table(report)
         if ladder is not None:
