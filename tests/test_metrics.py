@@ -28,7 +28,12 @@ def test_auc_and_ap_match_sklearn(scored):
 def test_auc_interval_holds_the_auc_and_narrows_with_more_items(scored):
     labels, scores = scored
     real, fake = scores[labels == 0], scores[labels == 1]
-    assert metrics._pairwise_auc(real, fake) == pytest.approx(metrics.roc_auc(labels, scores), abs=1e-12)  # ties half
+    assert metrics.pairwise_auc(real, fake) == pytest.approx(metrics.roc_auc(labels, scores), abs=1e-12)  # ties half
+    # Weights count items that many times: the AUC of the scores repeated.
+    real_w, fake_w = np.arange(real.size) % 3, np.arange(fake.size) % 2 + 1
+    repeated = metrics.roc_auc(np.r_[np.zeros(real_w.sum()), np.ones(fake_w.sum())],
+                               np.r_[np.repeat(real, real_w), np.repeat(fake, fake_w)])  # fmt: skip
+    assert metrics.pairwise_auc(real, fake, real_w, fake_w) == pytest.approx(repeated, abs=1e-12)
     low, high = metrics.auc_interval(labels, scores)
     assert low < metrics.roc_auc(labels, scores) < high and metrics.auc_interval(labels, scores) == (low, high)
     # Four times the items (the same distribution): about half the width, as 1/sqrt(n) says.

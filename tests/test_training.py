@@ -15,7 +15,9 @@ from conftest import CLIP_FPS, face_frames, make_clip
 from streamlit.testing.v1 import AppTest
 
 from deepfake.engine import DetectionEngine
-from deepfake.evaluation.evaluate import EvalConfig, evaluate
+from deepfake.evaluation.compare import Evaluation, compare
+from deepfake.evaluation.compare import main as compare_main
+from deepfake.evaluation.evaluate import MADE_KINDS, SCORES_FILE, EvalConfig, evaluate, read_scores
 from deepfake.interfaces.dashboard import (
     authentic_tables,
     checkpoint_metrics,
@@ -426,6 +428,33 @@ def test_evaluate_two_head_model_and_left_out_kinds(tiny_data, held_out, two_hea
     assert "were not scored again" in (tmp_path / "again" / "EVALUATION_REPORT.md").read_text()
     with pytest.raises(SystemExit, match="no leave-one-kind-out results"):
         evaluate(EvalConfig(**{**config.__dict__, "loko_models": {}, "loko_from": str(tmp_path / "missing.json")}))
+
+    # Every scored item is kept, so two models on the same items compare pair by pair.
+    units, scores = read_scores(tmp_path / SCORES_FILE)
+    assert len(units) == report["image_level"]["n"] + sum(1 + len(MADE_KINDS) for _ in range(report["protocol"]["made_from"]))
+    assert list(scores) == list(report["ladder"]["rows"])
+    same = compare(Evaluation.read(tmp_path), Evaluation.read(tmp_path), resamples=200)
+    assert all(k["difference"] == 0 and k["interval"] == (0, 0) and k["share_better"] == 0 for k in same["kinds"].values())
+    result = compare(Evaluation.read(tmp_path), Evaluation.read(tmp_path / "again"), resamples=200)
+    assert list(result["kinds"]) == list(report["kinds"]) and result["new"]["version"] == again["model"]["version"]
+    for kind, k in result["kinds"].items():
+        assert k["base"] == pytest.approx(report["kinds"][kind]["matched"]["auc"], abs=1e-6)
+        assert k["new"] == pytest.approx(again["kinds"][kind]["matched"]["auc"], abs=1e-6)
+        assert k["interval"][0] <= k["interval"][1] and 0 <= k["share_better"] <= 1
+    assert result["mean_of"] == [k for k in report["kinds"] if report["kinds"][k]["matched"]["auc"] < 0.98]
+    assert result["false_alarms"]["as given"] == {"base": report["misses"]["n_false_alarms"],
+                                                  "new": again["misses"]["n_false_alarms"]}  # fmt: skip
+    compare_main([str(tmp_path), str(tmp_path / "again"), "--resamples", "50", "--kinds", "taef2"])
+    text = (tmp_path / "again" / "COMPARISON.md").read_text()
+    assert "| **mean of taef2** |" in text and "| H.264 CRF 40 |" in text
+    lines = (tmp_path / SCORES_FILE).read_text().splitlines()
+    (tmp_path / "fewer").mkdir()
+    (tmp_path / "fewer" / SCORES_FILE).write_text("\n".join(lines[:-1]))
+    (tmp_path / "fewer" / "metrics.json").write_text((tmp_path / "metrics.json").read_text())
+    with pytest.raises(SystemExit, match="scored different items"):
+        compare(Evaluation.read(tmp_path), Evaluation.read(tmp_path / "fewer"))
+    with pytest.raises(SystemExit, match="no scores.csv"):
+        Evaluation.read(tmp_path / "missing")
 
 
 def test_a_pair_shares_framing_look_and_degradation(tiny_data, tmp_path, monkeypatch):

@@ -19,11 +19,15 @@ built as the trainer builds it when missing), through the product's own engine:
 - Leave one kind out: checkpoints trained without a kind (``--loko-models kind=path``), each scored
   on its left-out kind with compression matched, or an earlier evaluation's results kept
   (``--loko-from metrics.json``).
+
+Every item's score under every condition is kept (``scores.csv``): two evaluations of the same items
+compare pair by pair (:mod:`deepfake.evaluation.compare`).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from collections import defaultdict
@@ -74,6 +78,10 @@ VIDEO_FRAMES = 32  # the product's default
 FILE_BATCH = 4  # files per engine call (times the conditions: every condition of a file in one batch)
 CROP_BATCH = 8
 MISSES_LISTED = 10
+# Every scored item, row for row, under every condition: what lets two evaluations of the same
+# items be compared pair by pair (deepfake.evaluation.compare).
+SCORES_FILE = "scores.csv"
+_UNIT_COLUMNS = ("kind", "label", "source", "path", "crop", "gender", "group")
 
 Degrade = Callable[[np.ndarray], np.ndarray]
 
@@ -305,6 +313,28 @@ def score_units(engine: DetectionEngine, units: list[Unit], conditions: dict[str
     return scored, readable, details
 
 
+def write_scores(units: list[Unit], scored: dict[str, Scored], path: Path) -> None:
+    """One row per unit (``crop`` empty for a file), one column per condition's P(fake)."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*_UNIT_COLUMNS, *scored])
+        for i, u in enumerate(units):
+            writer.writerow([u.kind, u.label, u.source, u.path, "" if u.crop is None else u.crop, u.gender, u.group,
+                             *(f"{s.fake[i]:.7g}" for s in scored.values())])  # fmt: skip
+
+
+def read_scores(path: Path) -> tuple[list[Unit], dict[str, np.ndarray]]:
+    """The units and each condition's P(fake) as :func:`write_scores` wrote them."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or set(_UNIT_COLUMNS) - set(rows[0]):
+        raise SystemExit(f"{path} holds no per-item scores (written by evaluations since 2026-12-07).")
+    units = [Unit(r["kind"], int(r["label"]), r["source"], r["path"], int(r["crop"]) if r["crop"] else None,
+                  r["gender"], r["group"]) for r in rows]  # fmt: skip
+    conditions = [c for c in rows[0] if c not in _UNIT_COLUMNS]
+    return units, {c: np.array([float(r[c]) for r in rows]) for c in conditions}
+
+
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return roc_auc(labels, scores) if 0 < labels.sum() < labels.size else None
 
@@ -319,7 +349,7 @@ def fake_kinds(units: list[Unit]) -> list[str]:
     return sorted(k for k in kinds if k not in MADE_KINDS) + [k for k in MADE_KINDS if k in kinds]
 
 
-def _against_reals(units: list[Unit], kind: str) -> np.ndarray:
+def against_reals(units: list[Unit], kind: str) -> np.ndarray:
     """Mask of a kind's fakes and the reals they are compared with (files: every real file; made
     kinds: the real crops they were made from)."""
     population = "made" if kind in MADE_KINDS else "files"
@@ -334,7 +364,7 @@ def kind_report(units: list[Unit], scored: dict[str, Scored], threshold: float, 
     labels = np.array([u.label for u in units])
     out = {}
     for kind in fake_kinds(units):
-        mask = _against_reals(units, kind)
+        mask = against_reals(units, kind)
         entry: dict = {"population": "made" if kind in MADE_KINDS else "files", "n_real": int((labels[mask] == 0).sum()),
                        "n_fake": int(labels[mask].sum())}  # fmt: skip
         for key, condition in (("as_given", AS_GIVEN), ("matched", MATCHED)):
@@ -366,7 +396,7 @@ def ladder_report(units: list[Unit], scored: dict[str, Scored], threshold: float
             "auc_files": _auc(labels[files], scores[files]), "auc_made": _auc(labels[~files], scores[~files]),
             "fpr": _rate(scores[real_files] >= threshold), "recall_files": _rate(scores[files & (labels == 1)] >= threshold),
             "real_mean": real_mean, "real_mean_change": None if base is None else real_mean - base,
-            "auc_by_kind": {k: _auc(labels[m], scores[m]) for k in fake_kinds(units) for m in [_against_reals(units, k)]},
+            "auc_by_kind": {k: _auc(labels[m], scores[m]) for k in fake_kinds(units) for m in [against_reals(units, k)]},
         }  # fmt: skip
     changes = [rows[s]["real_mean_change"] for s in CLIMB_STEPS]
     return {"rows": rows, "target": {"steps": list(CLIMB_STEPS), "limit": CLIMB_LIMIT, "changes": changes,
@@ -452,7 +482,7 @@ def loko_report(models: dict[str, str], units: list[Unit], maker: Maker, kinds: 
     out: dict = {"given": bool(models), "condition": MATCHED, "models": {}}
     for kind, path in models.items():
         engine = DetectionEngine.load(path)
-        chosen = [u for u, m in zip(units, _against_reals(units, kind)) if m]
+        chosen = [u for u, m in zip(units, against_reals(units, kind)) if m]
         scored, readable, _ = score_units(engine, chosen, {MATCHED: CONDITIONS[MATCHED]}, maker)
         labels = np.array([u.label for u, r in zip(chosen, readable) if r])
         out["models"][kind] = {
@@ -649,6 +679,7 @@ def evaluate(config: EvalConfig) -> dict:
     out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = _plots(labels, scores, threshold, out_dir, "")
+    write_scores(units, scored, out_dir / SCORES_FILE)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
     write_reports(report, out_dir)
     return report

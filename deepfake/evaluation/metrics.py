@@ -48,7 +48,7 @@ def auc_interval(labels, scores, level: float = 0.95, resamples: int = 1000, see
         return None
     rng = np.random.default_rng(seed)
     real, fake = scores[labels == 0], scores[labels == 1]
-    aucs = [_pairwise_auc(rng.choice(real, real.size), rng.choice(fake, fake.size)) for _ in range(resamples)]
+    aucs = [pairwise_auc(rng.choice(real, real.size), rng.choice(fake, fake.size)) for _ in range(resamples)]
     low, high = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
@@ -58,11 +58,16 @@ def interval_text(bounds) -> str | None:
     return f"{bounds[0]:.3f}-{bounds[1]:.3f}" if bounds else None
 
 
-def _pairwise_auc(real: np.ndarray, fake: np.ndarray) -> float:
-    """P(a fake scores above a real), ties counting half: the ROC AUC, without building the curve."""
-    real = np.sort(real)
-    below, up_to = np.searchsorted(real, fake, "left"), np.searchsorted(real, fake, "right")
-    return float((below + 0.5 * (up_to - below)).sum() / (real.size * fake.size))
+def pairwise_auc(real: np.ndarray, fake: np.ndarray, real_weights: np.ndarray | None = None,
+                 fake_weights: np.ndarray | None = None) -> float:  # fmt: skip
+    """P(a fake scores above a real), ties counting half: the ROC AUC, without building the curve.
+    Weights count each item that many times (a bootstrap resample without copying scores)."""
+    real_weights = np.ones(real.size) if real_weights is None else np.asarray(real_weights, np.float64)
+    fake_weights = np.ones(fake.size) if fake_weights is None else np.asarray(fake_weights, np.float64)
+    order = np.argsort(real, kind="stable")
+    real, cumulative = real[order], np.r_[0.0, np.cumsum(real_weights[order])]
+    below, up_to = cumulative[np.searchsorted(real, fake, "left")], cumulative[np.searchsorted(real, fake, "right")]
+    return float(fake_weights @ (below + 0.5 * (up_to - below)) / (cumulative[-1] * fake_weights.sum()))
 
 
 def precision_recall_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
