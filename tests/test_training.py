@@ -442,8 +442,11 @@ def test_evaluate_two_head_model_and_left_out_kinds(tiny_data, held_out, two_hea
         assert k["new"] == pytest.approx(again["kinds"][kind]["matched"]["auc"], abs=1e-6)
         assert k["interval"][0] <= k["interval"][1] and 0 <= k["share_better"] <= 1
     assert result["mean_of"] == [k for k in report["kinds"] if report["kinds"][k]["matched"]["auc"] < 0.98]
-    assert result["false_alarms"]["as given"] == {"base": report["misses"]["n_false_alarms"],
-                                                  "new": again["misses"]["n_false_alarms"]}  # fmt: skip
+    files = result["files"]["as given"]
+    assert files["false_alarms"] == {"base": report["misses"]["n_false_alarms"], "new": again["misses"]["n_false_alarms"]}
+    assert files["caught"]["base"] == pytest.approx(report["image_level"]["recall"])
+    assert files["caught"]["new"] == pytest.approx(again["image_level"]["recall"])
+    assert same["files"]["as given"]["caught"]["new_at_base_false_alarms"] >= same["files"]["as given"]["caught"]["base"]
     compare_main([str(tmp_path), str(tmp_path / "again"), "--resamples", "50", "--kinds", "taef2"])
     text = (tmp_path / "again" / "COMPARISON.md").read_text()
     assert "| **mean of taef2** |" in text and "| H.264 CRF 40 |" in text

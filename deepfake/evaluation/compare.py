@@ -4,8 +4,9 @@ A made kind's AUC on 150 crops against 150 is known to about ±0.06, but two mod
 same items share that draw: the *difference* of their AUCs is known far better. This resamples the
 items once for both models and reports, per kind, the AUC difference (NEW − BASE) with its 95%
 percentile-bootstrap interval and the share of resamples in which NEW ranks better; the same for the
-mean over the kinds BASE scores below the target (or ``--kinds``); and each model's false alarms at
-its threshold under every condition.
+mean over the kinds BASE scores below the target (or ``--kinds``); and under every condition each
+model's false alarms and fakes caught at its threshold, with what NEW catches when it flags no more
+real files than BASE (a gain that only moved the threshold shows there as none).
 
 The resampling keeps the protocol's dependence: a made kind's fakes are made from held-out real
 crops, so a real crop is drawn together with every fake made from it; real files (shared by every
@@ -99,6 +100,20 @@ def _difference(base: np.ndarray, new: np.ndarray) -> dict:
             "interval": (float(low), float(high)), "share_better": float((diffs > 0).mean())}  # fmt: skip
 
 
+def _files_at_threshold(base: np.ndarray, new: np.ndarray, real: np.ndarray, fake: np.ndarray, base_threshold: float,
+                        new_threshold: float) -> dict:  # fmt: skip
+    """Real files flagged and fake files caught by each model at its threshold, and what the new model
+    catches at a threshold that flags no more real files than the base does: a gain in ranking that
+    only moved the threshold shows there as none."""
+    flagged = int((base[real] >= base_threshold).sum())
+    reals = np.sort(new[real])[::-1]
+    level = reals[flagged] if flagged < reals.size else -np.inf  # above it: at most `flagged` reals
+    return {"false_alarms": {"base": flagged, "new": int((new[real] >= new_threshold).sum())},
+            "caught": {"base": float((base[fake] >= base_threshold).mean()),
+                       "new": float((new[fake] >= new_threshold).mean()),
+                       "new_at_base_false_alarms": float((new[fake] > level).mean())}}  # fmt: skip
+
+
 def compare(base: Evaluation, new: Evaluation, kinds: list[str] | None = None, condition: str = MATCHED,
             resamples: int = RESAMPLES, seed: int = 0) -> dict:  # fmt: skip
     """The paired comparison (see the module's docstring) as a dict."""
@@ -125,13 +140,13 @@ def compare(base: Evaluation, new: Evaluation, kinds: list[str] | None = None, c
     per_kind = {k: {"population": "made" if k in MADE_KINDS else "files", **_difference(*aucs[k])} for k in all_kinds}
     mean = _difference(*(np.mean([aucs[k][side] for k in kinds], axis=0) for side in (0, 1))) if kinds else None
     real_files = np.array([u.label == 0 and u.crop is None for u in units])
-    false_alarms = {c: {"base": int((base.scores[c][real_files] >= base.threshold).sum()),
-                        "new": int((new.scores[c][real_files] >= new.threshold).sum())}
-                    for c in base.scores if c in new.scores}  # fmt: skip
+    fake_files = np.array([u.label == 1 and u.crop is None for u in units])
+    files = {c: _files_at_threshold(base.scores[c], new.scores[c], real_files, fake_files, base.threshold,
+                                    new.threshold) for c in base.scores if c in new.scores}  # fmt: skip
     return {"base": {"folder": str(base.folder), "version": base.version, "threshold": base.threshold},
             "new": {"folder": str(new.folder), "version": new.version, "threshold": new.threshold},
             "condition": condition, "resamples": resamples, "seed": seed, "kinds": per_kind,
-            "mean_of": kinds, "mean": mean, "real_files": int(real_files.sum()), "false_alarms": false_alarms}  # fmt: skip
+            "mean_of": kinds, "mean": mean, "real_files": int(real_files.sum()), "fake_files": int(fake_files.sum()), "files": files}  # fmt: skip
 
 
 def _row(name: str, d: dict) -> str:
@@ -153,9 +168,14 @@ def report_lines(result: dict) -> list[str]:
     ]  # fmt: skip
     if result["mean"]:
         lines.append(_row(f"**mean of {', '.join(result['mean_of'])}**", result["mean"]))
-    lines += ["", f"False alarms at each model's threshold on the {result['real_files']} real files:", "",
-              "| condition | base | new |", "|---|---|---|",
-              *(f"| {c} | {v['base']} | {v['new']} |" for c, v in result["false_alarms"].items()), ""]  # fmt: skip
+    lines += ["", f"Files at each model's threshold: false alarms on the {result['real_files']} real files, fake files "
+              f"caught of {result['fake_files']}, and what the new model catches when it flags no more real files "
+              "than the base:", "",
+              "| condition | false alarms base | false alarms new | caught base | caught new | new, at base's false alarms |",
+              "|---|---|---|---|---|---|",
+              *(f"| {c} | {v['false_alarms']['base']} | {v['false_alarms']['new']} | {v['caught']['base']:.1%} "
+                f"| {v['caught']['new']:.1%} | {v['caught']['new_at_base_false_alarms']:.1%} |"
+                for c, v in result["files"].items()), ""]  # fmt: skip
     return lines
 
 
