@@ -5,8 +5,9 @@ blocks, started from ImageNet weights that ship inside the ``efficientnet-lite0-
 package. A model has one output per head, named in its config: version 1 models have one, FAKE;
 version 2 models have two, *blending* (a face region pasted, swapped or edited into a real photo)
 and *generation* (the whole face synthesised), combined into one calibrated FAKE score. An
-ensemble (arch ``"<n>x<arch>"``) runs n trained models of one architecture on the same crops and
-averages their head logits; its own config calibrates the average.
+ensemble runs several trained models on the same crops and averages their head logits; its own config
+calibrates the average. Its arch names the members: ``"2xefficientnet_lite0"`` (two of one
+architecture) or ``"efficientnet_lite0+efficientnet_lite1"`` (in order, joined by ``+``).
 """
 
 from __future__ import annotations
@@ -256,9 +257,10 @@ def _efficientnet_lite(stages: tuple, variant: int, pretrained: bool = False, nu
 
 
 class Ensemble(nn.Module):
-    """Trained models of one architecture and heads, on the same normalised crops: the output is the
-    mean of their head logits. Two lineages that weight averaging cannot join (their weights took
-    different paths from ImageNet) can still be combined here, at the cost of one forward pass each."""
+    """Trained models with the same heads, on the same normalised crops: the output is the mean of their
+    head logits. Two lineages that weight averaging cannot join (their weights took different paths
+    from ImageNet, or are of different architectures) can still be combined here, at the cost of one
+    forward pass each."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
@@ -277,11 +279,25 @@ class Ensemble(nn.Module):
 
 MODEL_FACTORIES = {"efficientnet_lite0": functools.partial(_efficientnet_lite, LITE0_STAGES, 0),
                    "efficientnet_lite1": functools.partial(_efficientnet_lite, LITE1_STAGES, 1)}  # fmt: skip
-ENSEMBLE_ARCH = re.compile(r"(\d+)x(.+)")  # "2xefficientnet_lite0": two Lite0 members
+ENSEMBLE_MEMBERS = re.compile(r"(\d+)x(.+)")  # "2xefficientnet_lite0": two Lite0 members
 
 
-def ensemble_arch(arch: str, members: int) -> str:
-    return f"{members}x{arch}"
+def ensemble_arch(archs: list[str]) -> str:
+    """An ensemble's arch from its members' archs, in order: "2xA" when they are all one, else "A+B"."""
+    if len(set(archs)) == 1:
+        return f"{len(archs)}x{archs[0]}"
+    return "+".join(archs)
+
+
+def _member_archs(arch: str) -> list[str] | None:
+    """The members an ensemble arch names, in order; None for a single model's arch."""
+    if "+" not in arch and not ENSEMBLE_MEMBERS.fullmatch(arch):
+        return None
+    archs = []
+    for part in arch.split("+"):
+        repeated = ENSEMBLE_MEMBERS.fullmatch(part)
+        archs += [repeated[2]] * int(repeated[1]) if repeated else [part]
+    return archs
 
 
 def create_model(arch: str, pretrained: bool = False, num_outputs: int = 1) -> nn.Module:
@@ -289,13 +305,13 @@ def create_model(arch: str, pretrained: bool = False, num_outputs: int = 1) -> n
     ImageNet weights."""
     from deepfake.errors import UnknownArchitectureError
 
-    ensemble = ENSEMBLE_ARCH.fullmatch(arch)
-    if ensemble and int(ensemble[1]) >= 2 and ensemble[2] in MODEL_FACTORIES:
-        return Ensemble([create_model(ensemble[2], pretrained, num_outputs) for _ in range(int(ensemble[1]))])
+    members = _member_archs(arch)
+    if members is not None and len(members) >= 2 and all(m in MODEL_FACTORIES for m in members):
+        return Ensemble([create_model(member, pretrained, num_outputs) for member in members])
     if arch not in MODEL_FACTORIES:
         known = ", ".join(sorted(MODEL_FACTORIES))
-        raise UnknownArchitectureError(f"Unknown architecture '{arch}'. Known: {known}, and <n>x<arch> (n >= 2) "
-                                       "for an ensemble of n of them.")  # fmt: skip
+        raise UnknownArchitectureError(f"Unknown architecture '{arch}'. Known: {known}, and ensembles of two or more "
+                                       "of them: <n>x<arch> (n >= 2) or <arch>+<arch>[+...].")  # fmt: skip
     return MODEL_FACTORIES[arch](pretrained=pretrained, num_outputs=num_outputs)
 
 

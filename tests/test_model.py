@@ -12,6 +12,7 @@ from deepfake.model import (
     cam_layers,
     create_model,
     default_config,
+    ensemble_arch,
     fold_batchnorm,
 )
 from explainability.gradcam import create_cam
@@ -65,9 +66,21 @@ def test_an_ensemble_averages_its_members_head_logits():
         assert not torch.allclose(first(x), second(x), atol=1e-3)  # two members, not one twice
     assert cam_layers(ensemble) == [*cam_layers(first), *cam_layers(second)]
     assert set(fold_batchnorm(ensemble).state_dict()) >= {"members.0.head.conv.bias", "members.1.head.conv.bias"}
-    for arch in ("1xefficientnet_lite0", "2xresnet9000", "2x"):
+    for arch in ("1xefficientnet_lite0", "2xresnet9000", "2x", "efficientnet_lite0+", "efficientnet_lite0+resnet9000"):
         with pytest.raises(UnknownArchitectureError, match="ensemble"):
             create_model(arch)
+
+
+def test_an_ensemble_may_join_architectures():
+    def size(module):
+        return sum(p.numel() for p in module.parameters())
+
+    mixed = create_model("efficientnet_lite0+efficientnet_lite1", num_outputs=2)
+    assert [size(m) for m in mixed.members] == [size(create_model(a, num_outputs=2)) for a in
+                                                ("efficientnet_lite0", "efficientnet_lite1")]  # fmt: skip
+    assert len(create_model("2xefficientnet_lite0+efficientnet_lite1").members) == 3
+    assert ensemble_arch(["efficientnet_lite0", "efficientnet_lite0"]) == "2xefficientnet_lite0"
+    assert ensemble_arch(["efficientnet_lite0", "efficientnet_lite1"]) == "efficientnet_lite0+efficientnet_lite1"
 
 
 def test_config_round_trip():

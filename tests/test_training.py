@@ -161,16 +161,16 @@ def test_an_ensemble_keeps_its_members_whole_and_is_calibrated_not_trained(tiny_
     config = ModelConfig(arch="efficientnet_lite0", input_size=64, flip_average=True, heads=("blending", "generation"),
                          combine_weights=(1.0, 1.0), head_temperatures=(1.0, 1.0))  # fmt: skip
     members = []
-    for seed in (3, 4):
+    for seed, arch in ((3, "efficientnet_lite0"), (4, "efficientnet_lite1")):  # of different depths, too
         torch.manual_seed(seed)
         members.append(tmp_path / f"member{seed}.pth")
-        save_checkpoint(members[-1], create_model("efficientnet_lite0", num_outputs=2), config,
+        save_checkpoint(members[-1], create_model(arch, num_outputs=2), ModelConfig(**{**config.to_dict(), "arch": arch}),
                         extra={"train_config": {"seed": seed}})  # fmt: skip
     out = tmp_path / "ensemble.pth"
     args = ["--data", str(tiny_data), "--cache", str(tmp_path / "cache"), *TINY, "--ensemble"]
     train_main([*args, "--out", str(out), "--init", *map(str, members), "--total-samples", "0", "--version", "ens-1"])
     saved = torch.load(out, weights_only=True)
-    assert saved["arch"] == "2xefficientnet_lite0" and saved["version"] == "ens-1"
+    assert saved["arch"] == "efficientnet_lite0+efficientnet_lite1" and saved["version"] == "ens-1"
     assert saved["lineage"] == [{"seed": 3}, {"seed": 4}]
     for i, member in enumerate(members):
         for key, value in torch.load(member, weights_only=True)["state_dict"].items():
@@ -191,6 +191,8 @@ def test_an_ensemble_keeps_its_members_whole_and_is_calibrated_not_trained(tiny_
     with pytest.raises(SystemExit, match="input_size"):
         train_main([*args, "--out", str(tmp_path / "bad.pth"), "--init", str(members[0]), str(tmp_path / "wide.pth"),
                     "--total-samples", "0"])  # fmt: skip
+    with pytest.raises(SystemExit, match="an ensemble already"):
+        train_main([*args, "--out", str(tmp_path / "bad.pth"), "--init", str(members[0]), str(out), "--total-samples", "0"])
     with pytest.raises(SystemExit, match="at least two"):
         train_main([*args, "--out", str(tmp_path / "bad.pth"), "--init", str(members[0]), "--total-samples", "0"])
     with pytest.raises(SystemExit):

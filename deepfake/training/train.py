@@ -747,15 +747,14 @@ def ensemble_of(paths: list[str], model_config: ModelConfig) -> tuple[Ensemble, 
     if len(paths) < 2:
         raise SystemExit("--ensemble needs at least two --init checkpoints.")
     members = [load_model(path) for path in paths]
-    archs = {m.config.arch for m in members}
-    if len(archs) > 1:
-        raise SystemExit(f"--ensemble: the members are of different architectures ({sorted(archs)}).")
     for path, member in zip(paths, members):
+        if isinstance(member.module, Ensemble):
+            raise SystemExit(f"--ensemble: {path} is an ensemble already; name its members instead.")
         differ = [name for name in SHARED_BY_MEMBERS if getattr(member.config, name) != getattr(model_config, name)]
         if differ:
             raise SystemExit(f"--ensemble: {path} differs from this run's settings in {', '.join(differ)} "
                              f"({', '.join(f'{n}={getattr(member.config, n)}' for n in differ)}).")  # fmt: skip
-    arch = ensemble_arch(archs.pop(), len(members))
+    arch = ensemble_arch([m.config.arch for m in members])
     return Ensemble([m.module for m in members]), ModelConfig(**{**asdict(model_config), "arch": arch})
 
 
