@@ -280,6 +280,7 @@ class Ensemble(nn.Module):
 MODEL_FACTORIES = {"efficientnet_lite0": functools.partial(_efficientnet_lite, LITE0_STAGES, 0),
                    "efficientnet_lite1": functools.partial(_efficientnet_lite, LITE1_STAGES, 1)}  # fmt: skip
 ENSEMBLE_MEMBERS = re.compile(r"(\d+)x(.+)")  # "2xefficientnet_lite0": two Lite0 members
+MAX_MEMBERS = 8  # a checkpoint's arch is input: "100000x..." must not allocate 100,000 networks
 
 
 def ensemble_arch(archs: list[str]) -> str:
@@ -296,7 +297,7 @@ def _member_archs(arch: str) -> list[str] | None:
     archs = []
     for part in arch.split("+"):
         repeated = ENSEMBLE_MEMBERS.fullmatch(part)
-        archs += [repeated[2]] * int(repeated[1]) if repeated else [part]
+        archs += [repeated[2]] * min(int(repeated[1]), MAX_MEMBERS + 1) if repeated else [part]
     return archs
 
 
@@ -306,12 +307,12 @@ def create_model(arch: str, pretrained: bool = False, num_outputs: int = 1) -> n
     from deepfake.errors import UnknownArchitectureError
 
     members = _member_archs(arch)
-    if members is not None and len(members) >= 2 and all(m in MODEL_FACTORIES for m in members):
+    if members is not None and 2 <= len(members) <= MAX_MEMBERS and all(m in MODEL_FACTORIES for m in members):
         return Ensemble([create_model(member, pretrained, num_outputs) for member in members])
     if arch not in MODEL_FACTORIES:
         known = ", ".join(sorted(MODEL_FACTORIES))
-        raise UnknownArchitectureError(f"Unknown architecture '{arch}'. Known: {known}, and ensembles of two or more "
-                                       "of them: <n>x<arch> (n >= 2) or <arch>+<arch>[+...].")  # fmt: skip
+        raise UnknownArchitectureError(f"Unknown architecture '{arch}'. Known: {known}, and ensembles of two "
+                                       f"to {MAX_MEMBERS} of them: <n>x<arch> or <arch>+<arch>[+...].")  # fmt: skip
     return MODEL_FACTORIES[arch](pretrained=pretrained, num_outputs=num_outputs)
 
 

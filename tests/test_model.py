@@ -66,7 +66,8 @@ def test_an_ensemble_averages_its_members_head_logits():
         assert not torch.allclose(first(x), second(x), atol=1e-3)  # two members, not one twice
     assert cam_layers(ensemble) == [*cam_layers(first), *cam_layers(second)]
     assert set(fold_batchnorm(ensemble).state_dict()) >= {"members.0.head.conv.bias", "members.1.head.conv.bias"}
-    for arch in ("1xefficientnet_lite0", "2xresnet9000", "2x", "efficientnet_lite0+", "efficientnet_lite0+resnet9000"):
+    for arch in ("1xefficientnet_lite0", "2xresnet9000", "2x", "efficientnet_lite0+", "efficientnet_lite0+resnet9000",
+                 "100000000xefficientnet_lite0", "8xefficientnet_lite0+efficientnet_lite1"):  # fmt: skip
         with pytest.raises(UnknownArchitectureError, match="ensemble"):
             create_model(arch)
 
