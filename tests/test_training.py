@@ -29,7 +29,14 @@ from deepfake.interfaces.dashboard import (
 )
 from deepfake.loading import load_model, save_checkpoint
 from deepfake.model import ModelConfig, create_model
-from deepfake.training.data import add_reconstructions, assign_splits, build_cache, more_training_crops, scan
+from deepfake.training.data import (
+    VIDEO_SOURCE,
+    add_reconstructions,
+    assign_splits,
+    build_cache,
+    more_training_crops,
+    scan,
+)
 from deepfake.training.taef2 import DECODER_FILE, ENCODER_FILE, TAEF2
 from deepfake.training.train import main as train_main
 
@@ -184,6 +191,16 @@ def test_an_ensemble_keeps_its_members_whole_and_is_calibrated_not_trained(tiny_
     scores, cams = engine.score_and_cams([crop])
     assert scores.fake[0] == pytest.approx(engine.score_heads([crop]).fake[0], abs=1e-5)
     assert cams.shape == (1, 64, 64) and cams.max() == pytest.approx(1.0)
+
+    # Capped at a member's validation false alarms: the same calibration, lowered by one shift.
+    capped = tmp_path / "capped.pth"
+    train_main([*args, "--out", str(capped), "--init", *map(str, members), "--total-samples", "0",
+                "--false-alarms-of", str(members[0])])  # fmt: skip
+    capped_model = load_model(capped)
+    assert torch.load(capped, weights_only=True)["train_config"]["false_alarms_of"] == str(members[0])
+    assert capped_model.config.combine_bias <= loaded.config.combine_bias
+    assert capped_model.config.combine_offsets == loaded.config.combine_offsets
+    assert capped_model.metrics["as given"]["false_alarms"] <= loaded.metrics["as given"]["false_alarms"]
 
     # Members must prepare crops alike and have the run's heads; an ensemble is not trained.
     save_checkpoint(tmp_path / "wide.pth", create_model("efficientnet_lite0", num_outputs=2),
@@ -671,3 +688,32 @@ def test_the_mixture_calls_no_more_reals_fake_than_the_linear_fit():
         aucs[form] = roc_auc(labels[: 2 * n].astype(int), scores[: 2 * n])  # reals against blends
     assert 0 < alarms["mixture"] <= alarms["linear"], alarms
     assert aucs["mixture"] >= aucs["linear"] - 0.005, aucs
+
+
+def test_a_reference_s_false_alarms_cap_the_model_s_by_one_uniform_shift():
+    """--false-alarms-of: the least lowering of the FAKE logit after which neither validation stills
+    nor news-clip frames have more at 0.6 than the cap; rankings stay as they were."""
+    from deepfake.training.train import Validation, alarm_groups, fake_scores, lower_to_caps
+
+    rng = np.random.default_rng(2)
+    n = 200
+    kinds = np.array(["real"] * n + ["repeat"] * 10 + ["self_blend"] * n)
+    sources = np.array(["lfw"] * 150 + [VIDEO_SOURCE] * 50 + ["lfw"] * 10 + [""] * n)
+    logits = np.concatenate([rng.normal([-1, -2], 1, (150, 2)), rng.normal([-1, 0], 1, (50, 2)),  # frames read higher
+                             rng.normal(3, 1, (10, 2)), rng.normal([1.5, -1], 1, (n, 2))])  # fmt: skip
+    val = Validation(kinds, {"as given": logits}, sources)
+    config = ModelConfig(arch="efficientnet_lite0", heads=("blending", "generation"), combine_weights=(1.0, 1.0),
+                         head_temperatures=(1.0, 1.0), combine_bias=0.5)  # fmt: skip
+
+    def flagged(c: ModelConfig) -> dict[str, int]:
+        return {g: int((fake_scores(logits[m], c) >= 0.6).sum()) for g, m in alarm_groups(val).items()}
+
+    before = flagged(config)
+    assert before["stills"] > 3 and before["frames"] > 2, before
+    lowered, shift = lower_to_caps(val, config, {"stills": 3, "frames": 2})
+    after = flagged(lowered)
+    assert after["stills"] <= 3 and after["frames"] <= 2 and (after["stills"] == 3 or after["frames"] == 2), after
+    assert shift > 0 and lowered.combine_bias == pytest.approx(0.5 - shift, abs=1e-5)
+    assert (np.argsort(fake_scores(logits, lowered)) == np.argsort(fake_scores(logits, config))).all()
+    same, none = lower_to_caps(val, config, before)  # already within its caps: unchanged
+    assert none == 0 and same == config
