@@ -551,11 +551,12 @@ def alarm_groups(val: Validation) -> dict[str, np.ndarray]:
 
 
 def false_alarm_caps(path: str, cache: CropCache, pairs: list, config: TrainConfig, device) -> dict[str, int]:
-    """How many validation reals of each group the checkpoint at ``path`` flags as given."""
+    """How many validation reals of each group the checkpoint at ``path`` flags as given, at the
+    threshold the capped model is saved with (``lower_to_caps``'s)."""
     reference = load_model(path, device=device)
     val = run_validation(reference.module, cache, pairs, config, reference.config, device, conditions=("as given",))
     scores = fake_scores(val.logits["as given"], reference.config)
-    return {group: int((scores[mask] >= reference.threshold).sum()) for group, mask in alarm_groups(val).items()}
+    return {group: int((scores[mask] >= DEFAULT_THRESHOLD).sum()) for group, mask in alarm_groups(val).items()}
 
 
 def lower_to_caps(val: Validation, model_config: ModelConfig, caps: dict[str, int],
