@@ -100,14 +100,10 @@ with st.sidebar:
         st.markdown("Validation results stored with the model:")
         st.dataframe(checkpoint_metrics, column_config={"value": st.column_config.NumberColumn("value", format="%.3f")})
     if evaluation is not None and isinstance(evaluation.metrics.get("image_level"), dict):
-        level = evaluation.metrics["image_level"]
-        auc = "–" if level.get("auc") is None else f"{level['auc']:.2f}"
         other = evaluation.other_version(model.version)
         measured_for = f" for version `{other}`, not the loaded one" if other else ""
         st.markdown(f"Measured on held-out files{measured_for} (details in *Model performance*):\n"
-                    f"- AUC {auc} (1 is perfect, 0.5 a coin toss)\n"
-                    f"- False alarms: {percent(level.get('fpr', 0.0))} of real files called FAKE\n"
-                    f"- Missed fakes: {percent(level.get('fnr', 0.0))} of fakes called REAL")  # fmt: skip
+                    + "".join(f"- {line}\n" for line in dashboard.held_out_summary(evaluation.metrics["image_level"])))
     with st.expander("Model card", icon=":material/description:"):
         card = dashboard.read_model_card()
         st.markdown(card or "The model card (`models/MODEL_CARD.md`) has not been written yet.")

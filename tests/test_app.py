@@ -173,6 +173,8 @@ def test_model_performance_view(monkeypatch, app, empty_reports):
     # The sidebar's held-out figures say whose they are when the report is another model's.
     held_out = next(m.value for m in app.sidebar.markdown if m.value.startswith("Measured on held-out files"))
     assert "not the loaded one" not in held_out and not app.warning
+    confusion = metrics["image_level"]["confusion"]
+    assert f"False alarms: {confusion['fp']} of {confusion['fp'] + confusion['tn']} (" in held_out
     metrics["model"]["version"] = "0.9.9"
     (empty_reports / "metrics.json").write_text(json.dumps(metrics, default=float))
     app.run()

@@ -12,6 +12,7 @@ from deepfake.figures import encode_png, gauge_png, timeline_png
 from deepfake.interfaces.dashboard import (
     Workbench,
     demote_headings,
+    held_out_summary,
     history_chart,
     history_table,
     load_evaluation,
@@ -148,6 +149,16 @@ def test_evaluation_reader(tmp_path):
     evaluation = load_evaluation(tmp_path)
     assert evaluation.metrics["image_level"]["auc"] == 0.9
     assert list(evaluation.plots) == ["roc"] and evaluation.threshold_report is None
+
+
+def test_held_out_summary_gives_counts_so_a_small_rate_does_not_read_as_zero():
+    level = {"auc": 0.9774, "fpr": 2 / 421, "fnr": 68 / 302, "confusion": {"tn": 419, "fp": 2, "fn": 68, "tp": 234}}
+    assert held_out_summary(level) == ["AUC 0.98 (1 is perfect, 0.5 a coin toss)",
+                                       "False alarms: 2 of 421 (0.5%) of real files called FAKE",
+                                       "Missed fakes: 68 of 302 (22.5%) of fakes called REAL"]  # fmt: skip
+    # An older report without counts still says its rates, to a tenth of a percent.
+    assert held_out_summary({"fpr": 0.0048})[:2] == ["AUC – (1 is perfect, 0.5 a coin toss)",
+                                                     "False alarms: 0.5% of real files called FAKE"]  # fmt: skip
 
 
 def test_texts():

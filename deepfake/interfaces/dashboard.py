@@ -242,6 +242,23 @@ def history_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
+def held_out_summary(level: dict) -> list[str]:
+    """The evaluation's image-level headline in words, with counts: at 2 of 421 a rate rounded to
+    whole percent reads "0%", which claims more than was measured."""
+    auc = "–" if level.get("auc") is None else f"{level['auc']:.2f}"
+    confusion = level.get("confusion") or {}
+
+    def share(wrong: str, right: str, rate: float) -> str:
+        counts = confusion.get(wrong), confusion.get(right)
+        if not all(isinstance(c, int) for c in counts) or sum(counts) == 0:
+            return f"{rate:.1%}"
+        return f"{counts[0]} of {sum(counts)} ({counts[0] / sum(counts):.1%})"
+
+    return [f"AUC {auc} (1 is perfect, 0.5 a coin toss)",
+            f"False alarms: {share('fp', 'tn', level.get('fpr', 0.0))} of real files called FAKE",
+            f"Missed fakes: {share('fn', 'tp', level.get('fnr', 0.0))} of fakes called REAL"]  # fmt: skip
+
+
 def summary_stats(rows: list[dict]) -> dict:
     """Counts per verdict, mean fake probability and total time over the analysed files."""
     counts = Counter(row["verdict"] for row in rows)
